@@ -1,0 +1,382 @@
+"""SPANet: Frequency-balancing Token Mixer using Spectral Pooling Aggregation Modulation (ICCV 2023).
+
+Paper: https://arxiv.org/abs/2308.11568 -- numerical reference: DoranLyong/SPANet-official (image_classification/spanet.py).
+
+SPAM, the token mixer, expands a depthwise (1 x k then k x 1) context, splits its channels into one group per λ,
+filters each group with a fixed circular spectral mask (λ for low, 1 - λ for high frequencies), projects every group
+back to full width with a 1x1 conv, sums them and uses the sum to modulate the context.
+
+Differences from the official code, none of which changes its outputs at the official input size:
+  * masks are derived from the feature-map size on every call (cached per size), never stored on the module,
+    so any input size works and the state dict holds parameters only;
+  * the masks act on the rfft2 half spectrum, and the per-group 1x1 projections run as one conv.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, GroupNorm1, Mlp, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.metaformer import Scale
+
+from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spectral_filter
+
+__all__ = ['SPAM', 'SPANet', 'SPANET_VARIANTS']
+
+IntOrSeq = Union[int, Sequence[int]]
+
+
+def _per_stage(value, num_stages: int, name: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_stages
+    if len(value) != num_stages:
+        raise ValueError(f'{name} needs one value per stage ({num_stages}), got {list(value)}')
+    return list(value)
+
+
+class SPAM(nn.Module):
+    """Spectral Pooling Aggregation Modulation, the SPANet token mixer (NCHW in and out).
+
+    Args:
+        dim: channels.
+        kernel_size: k of the depthwise 1 x k and k x 1 context convs.
+        radius: radius of the low-pass circle, in frequency bins around DC.
+        lambdas: one low-pass weight per channel group; the channels are split the way ``torch.chunk`` splits them.
+        spectral_filter: ablation switch; False skips the masks and feeds the context straight to the projections.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            kernel_size: int = 7,
+            radius: float = 2,
+            lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+            spectral_filter: bool = True,
+    ):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'SPAM kernel_size must be a positive odd integer, got {kernel_size}')
+        if radius <= 0:
+            raise ValueError(f'SPAM radius must be positive, got {radius}')
+        self.radius = float(radius)
+        self.lambdas = tuple(float(v) for v in lambdas)
+        self.group_sizes = chunk_sizes(dim, len(self.lambdas))
+        self.use_filter = spectral_filter
+
+        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(dim, dim, (1, kernel_size), padding=(0, kernel_size // 2), groups=dim),
+            nn.Conv2d(dim, dim, (kernel_size, 1), padding=(kernel_size // 2, 0), groups=dim),
+        )
+        self.pws = nn.ModuleList([nn.Conv2d(size, dim, 1) for size in self.group_sizes])
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+
+    def masks(self, height: int, width: int, device=None) -> Tensor:
+        """The per-channel half-spectrum masks used at an (height, width) feature map."""
+        return spam_masks(height, width, self.radius, self.lambdas, self.group_sizes, device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(self.proj_in(x))
+        ctx = x
+        if self.use_filter:
+            ctx = spectral_filter(x, self.masks(x.shape[-2], x.shape[-1], x.device))
+        # Summing a 1x1 conv per channel group equals one 1x1 conv over all groups with the weights side by side.
+        weight = torch.cat([pw.weight for pw in self.pws], dim=1)
+        bias = torch.stack([pw.bias for pw in self.pws]).sum(0)
+        ctx = F.conv2d(ctx, weight, bias)
+        return self.proj_out(x * ctx)
+
+
+class SPANetBlock(nn.Module):
+    """norm -> SPAM -> residual, norm -> MLP -> residual; residual branches optionally re-scaled (res-scale)."""
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.,
+            kernel_size: int = 7,
+            radius: float = 2,
+            lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+            spectral_filter: bool = True,
+            act_layer=nn.GELU,
+            norm_layer=GroupNorm1,
+            proj_drop: float = 0.,
+            drop_path: float = 0.,
+            res_scale_init_value: Optional[float] = None,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.token_mixer = SPAM(dim, kernel_size, radius, lambdas, spectral_filter)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, use_conv=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.res_scale1 = Scale(dim, res_scale_init_value) if res_scale_init_value is not None else nn.Identity()
+        self.res_scale2 = Scale(dim, res_scale_init_value) if res_scale_init_value is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.res_scale1(x) + self.drop_path(self.token_mixer(self.norm1(x)))
+        x = self.res_scale2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class SPANetStage(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: bool, dp_rates: List[float], **block_kwargs):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = nn.Identity()
+        if downsample:
+            self.downsample = nn.Sequential()
+            self.downsample.add_module('conv', nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1))
+        self.blocks = nn.Sequential(*[SPANetBlock(out_chs, drop_path=dp_rates[i], **block_kwargs) for i in range(depth)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class SPANet(nn.Module):
+    """SPANet backbone + classifier (a PoolFormer-style MetaFormer whose token mixer is SPAM).
+
+    Args:
+        depths: blocks per stage.
+        dims: channels per stage.
+        in_chans: input image channels.
+        num_classes: classifier outputs; 0 gives pooled features.
+        global_pool: timm pool type of the classifier head.
+        mlp_ratio: MLP expansion.
+        kernel_size: SPAM context kernel size, one for all stages or one per stage.
+        radii: SPAM low-pass radius (frequency bins) per stage; official (2, 2, 1, 1).
+        lambdas: SPAM λ list (one channel group each); official: the three values of torch.arange(0.7, 0.9, 0.1).
+        spectral_filter: ablation switch for the spectral masks.
+        res_scale_init_values: per stage, None or the init value of the residual re-scaling.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout inside the MLPs.
+        drop_path_rate: stochastic depth, rising linearly over all blocks.
+    """
+
+    def __init__(
+            self,
+            depths: Sequence[int] = (4, 4, 12, 4),
+            dims: Sequence[int] = (64, 128, 320, 512),
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            mlp_ratio: float = 4.,
+            kernel_size: IntOrSeq = 7,
+            radii: Sequence[float] = (2, 2, 1, 1),
+            lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+            spectral_filter: bool = True,
+            res_scale_init_values: Sequence[Optional[float]] = (None, None, 1.0, 1.0),
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if len(dims) != num_stages:
+            raise ValueError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
+        kernel_sizes = _per_stage(kernel_size, num_stages, 'kernel_size')
+        radii = _per_stage(radii, num_stages, 'radii')
+        res_scales = _per_stage(res_scale_init_values, num_stages, 'res_scale_init_values')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.stem = nn.Sequential()
+        self.stem.add_module('conv', nn.Conv2d(in_chans, dims[0], 7, stride=4, padding=2))
+
+        # Rises linearly over all blocks (split per stage), as in the official code.
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        stages = []
+        self.feature_info = []
+        for i in range(num_stages):
+            stages.append(SPANetStage(
+                dims[i - 1] if i else dims[0], dims[i], depths[i], downsample=i > 0, dp_rates=dp_rates[i],
+                mlp_ratio=mlp_ratio, kernel_size=kernel_sizes[i], radius=radii[i], lambdas=lambdas,
+                spectral_filter=spectral_filter, proj_drop=proj_drop_rate, res_scale_init_value=res_scales[i],
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+
+        self.norm = GroupNorm1(dims[-1])
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module):
+        # As the official code: trunc-normal linear layers and MLP 1x1 convs, PyTorch defaults elsewhere.
+        if isinstance(m, (nn.Linear, Mlp)):
+            for layer in (m.fc1, m.fc2) if isinstance(m, Mlp) else (m,):
+                trunc_normal_(layer.weight, std=.02)
+                nn.init.zeros_(layer.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _check_input(self, x: Tensor):
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
+                f'got {tuple(x.shape)}')
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Stage outputs (NCHW); ``norm`` applies the final norm to the last stage's output."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f'output_fmt must be NCHW, got {output_fmt}')
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        # The official head normalises the whole last feature map before pooling.
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(self.global_pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@dataclass(frozen=True)
+class SPANetVariant:
+    depths: Tuple[int, ...]
+    dims: Tuple[int, ...]
+    crop_pct: float = 0.9
+    official: bool = True
+
+
+SPANET_VARIANTS = {
+    'spanet_small': SPANetVariant((4, 4, 12, 4), (64, 128, 320, 512)),
+    'spanet_medium': SPANetVariant((6, 6, 18, 6), (64, 128, 320, 512)),
+    'spanet_mediumX': SPANetVariant((8, 8, 24, 8), (64, 128, 320, 512)),
+    'spanet_base': SPANetVariant((6, 6, 18, 6), (96, 192, 384, 768), crop_pct=0.95),
+    'spanet_baseX': SPANetVariant((8, 8, 24, 8), (96, 192, 384, 768), crop_pct=0.95),
+    # This project's addition, for tests and CPU quick starts: one block per stage but two in stage 3.
+    'spanet_nano': SPANetVariant((1, 1, 2, 1), (24, 48, 96, 192), official=False),
+}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: SPANet) -> dict:
+    """timm's pretrained hook: official SPANet checkpoints are converted, ours pass through."""
+    from .official import convert_official_state_dict
+    return convert_official_state_dict(state_dict, model)
+
+
+def _create_spanet(variant: str, pretrained: bool = False, **kwargs) -> SPANet:
+    cfg = SPANET_VARIANTS[variant]
+    kwargs.setdefault('depths', cfg.depths)
+    kwargs.setdefault('dims', cfg.dims)
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
+    return build_model_with_cfg(
+        SPANet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv', 'classifier': 'head', 'paper_ids': 'arXiv:2308.11568', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(crop_pct=cfg.crop_pct) for name, cfg in SPANET_VARIANTS.items()})
+
+
+@register_model
+def spanet_small(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_small', pretrained, **kwargs)
+
+
+@register_model
+def spanet_medium(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_medium', pretrained, **kwargs)
+
+
+@register_model
+def spanet_mediumX(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_mediumX', pretrained, **kwargs)
+
+
+@register_model
+def spanet_base(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_base', pretrained, **kwargs)
+
+
+@register_model
+def spanet_baseX(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_baseX', pretrained, **kwargs)
+
+
+@register_model
+def spanet_nano(pretrained=False, **kwargs) -> SPANet:
+    return _create_spanet('spanet_nano', pretrained, **kwargs)
