@@ -1,0 +1,30 @@
+# spanet_pl -- every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+
+.PHONY: help install demo test test-fast bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## install spanet_pl (+ test tools) into the current Python environment
+	$(PIP_INSTALL)
+
+demo: install  ## the quick start: build every variant's nano sibling and print params / MACs
+	$(PYTHON) -m spanet_pl.benchmark table --variants spanet_nano spanetv2_nano_pure spanetv2_nano_hybrid spanet_small spanetv2_s18_pure --markdown
+
+test: install  ## install, then run the whole test-suite
+	$(PYTHON) -m pytest -q
+
+test-fast: install  ## the test-suite without tests marked slow
+	$(PYTHON) -m pytest -q -m "not slow"
+
+bench: install  ## params / MACs of every variant at 224 (README table)
+	$(PYTHON) -m spanet_pl.benchmark table --markdown
+
+lint: install  ## byte-compile everything (catches syntax errors on any Python)
+	$(PYTHON) -m compileall -q spanet_pl datamodules tests tools
+
+clean:  ## remove caches and run outputs
+	rm -rf .pytest_cache lightning_logs logs build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
