@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..errors import MissingPathError, UserInputError
 from .spanet import SPANet
 from .spanetv2 import ExSPAM, SPANetV2
 
@@ -30,7 +31,7 @@ StateDict = Dict[str, Tensor]
 def _unwrap(source: Union[str, os.PathLike, Mapping]) -> StateDict:
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
-            raise FileNotFoundError(f'official checkpoint {os.fspath(source)!r} does not exist')
+            raise MissingPathError(f'official checkpoint {os.fspath(source)!r} does not exist')
         source = torch.load(source, map_location='cpu', weights_only=True)
     if not isinstance(source, Mapping):
         raise TypeError(f'expected a checkpoint path or a state dict, got {type(source).__name__}')
@@ -52,7 +53,7 @@ def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
         if any(re.search(r'\.token_mixer\.local_convs\.\d+\.', k) for k in keys):
             return 'v2_ver4'
         return 'v2'
-    raise ValueError(
+    raise UserInputError(
         'unrecognised checkpoint layout: expected official SPANet keys (patch_embed.proj.weight), official SPANetV2 '
         f'keys (downsample_layers.0.conv.weight) or this project\'s (stem.conv.weight); first keys: {sorted(keys)[:5]}')
 
@@ -111,7 +112,7 @@ def convert_official_state_dict(state_dict: Mapping, model: nn.Module) -> StateD
         return state_dict
     expected = 'v1' if isinstance(model, SPANet) else 'v2'
     if not layout.startswith(expected):
-        raise ValueError(
+        raise UserInputError(
             f'checkpoint has the official {"SPANet" if layout == "v1" else "SPANetV2"} layout ({layout}) but the '
             f'model is a {type(model).__name__}')
     if layout == 'v1':
@@ -136,7 +137,7 @@ def _check_compatible(state_dict: StateDict, model: nn.Module):
             more = f' (+{len(keys) - 5} more)' if len(keys) > 5 else ''
             problems.append(f'{label}: {", ".join(keys[:5])}{more}')
     if problems:
-        raise ValueError(
+        raise UserInputError(
             f'checkpoint does not fit this {type(model).__name__} (is it another variant?): ' + '; '.join(problems))
 
 

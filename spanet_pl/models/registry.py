@@ -5,6 +5,7 @@ from typing import Optional
 import timm
 import torch.nn as nn
 
+from ..errors import UserInputError
 from .official import load_official_checkpoint
 from .spanet import SPANET_VARIANTS
 from .spanetv2 import SPANETV2_VARIANTS
@@ -26,10 +27,10 @@ def create_backbone(name: str, official_checkpoint: Optional[str] = None, **kwar
     if name not in VARIANTS:
         close = difflib.get_close_matches(name, VARIANTS, n=1)
         hint = f' (did you mean {close[0]!r}?)' if close else ''
-        raise ValueError(f'unknown SPANet variant {name!r}{hint}; valid names: {", ".join(VARIANTS)}')
+        raise UserInputError(f'unknown SPANet variant {name!r}{hint}; valid names: {", ".join(VARIANTS)}')
     model = timm.create_model(name, **kwargs)
     if official_checkpoint:
         if kwargs.get('features_only'):
-            raise ValueError('official_checkpoint cannot be combined with features_only; load, then wrap')
+            raise UserInputError('official_checkpoint cannot be combined with features_only; load, then wrap')
         load_official_checkpoint(model, official_checkpoint)
     return model

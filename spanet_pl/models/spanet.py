@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from timm.models.metaformer import Scale
 
+from ..errors import UserInputError
 from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spectral_filter
 
 __all__ = ['SPAM', 'SPANet', 'SPANET_VARIANTS']
@@ -36,7 +37,7 @@ def _per_stage(value, num_stages: int, name: str) -> list:
     if not isinstance(value, (list, tuple)):
         return [value] * num_stages
     if len(value) != num_stages:
-        raise ValueError(f'{name} needs one value per stage ({num_stages}), got {list(value)}')
+        raise UserInputError(f'{name} needs one value per stage ({num_stages}), got {list(value)}')
     return list(value)
 
 
@@ -61,9 +62,9 @@ class SPAM(nn.Module):
     ):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'SPAM kernel_size must be a positive odd integer, got {kernel_size}')
+            raise UserInputError(f'SPAM kernel_size must be a positive odd integer, got {kernel_size}')
         if radius <= 0:
-            raise ValueError(f'SPAM radius must be positive, got {radius}')
+            raise UserInputError(f'SPAM radius must be positive, got {radius}')
         self.radius = float(radius)
         self.lambdas = tuple(float(v) for v in lambdas)
         self.group_sizes = chunk_sizes(dim, len(self.lambdas))
@@ -182,7 +183,7 @@ class SPANet(nn.Module):
         super().__init__()
         num_stages = len(depths)
         if len(dims) != num_stages:
-            raise ValueError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
+            raise UserInputError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
         kernel_sizes = _per_stage(kernel_size, num_stages, 'kernel_size')
         radii = _per_stage(radii, num_stages, 'radii')
         res_scales = _per_stage(res_scale_init_values, num_stages, 'res_scale_init_values')
@@ -243,7 +244,7 @@ class SPANet(nn.Module):
 
     def _check_input(self, x: Tensor):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
+            raise UserInputError(
                 f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
                 f'got {tuple(x.shape)}')
 

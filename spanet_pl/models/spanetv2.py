@@ -28,6 +28,7 @@ from timm.models._features import feature_take_indices
 from timm.models.metaformer import Attention as _TimmAttention
 from timm.models.metaformer import LayerNormNoBias, MlpHead, Scale, SquaredReLU, StarReLU
 
+from ..errors import UserInputError
 from .spanet import _per_stage
 from .spectral import resize_filter, spectral_filter
 
@@ -84,14 +85,14 @@ class ExSPAM(nn.Module):
         kernel_sizes = tuple(int(k) for k in kernel_sizes)
         num_heads = len(kernel_sizes)
         if num_heads == 0 or dim % num_heads:
-            raise ValueError(
+            raise UserInputError(
                 f'ExSPAM kernel_sizes {list(kernel_sizes)} gives {num_heads} heads, which must divide dim {dim}')
         if any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f'ExSPAM kernel_sizes must be positive odd integers, got {list(kernel_sizes)}')
+            raise UserInputError(f'ExSPAM kernel_sizes must be positive odd integers, got {list(kernel_sizes)}')
         if srf_act not in SRF_ACTIVATIONS:
-            raise ValueError(f'ExSPAM srf_act must be one of {SRF_ACTIVATIONS}, got {srf_act!r}')
+            raise UserInputError(f'ExSPAM srf_act must be one of {SRF_ACTIVATIONS}, got {srf_act!r}')
         if head_layout not in HEAD_LAYOUTS:
-            raise ValueError(f'ExSPAM head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}')
+            raise UserInputError(f'ExSPAM head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}')
         head_dim = dim // num_heads
         height, width = to_2tuple(filter_size)
         self.dim = dim
@@ -168,7 +169,7 @@ class Attention(_TimmAttention):
 
     def __init__(self, dim: int, head_dim: int = 32, attn_drop: float = 0., proj_drop: float = 0.):
         if dim % head_dim:
-            raise ValueError(f'{type(self).__name__} needs dim ({dim}) divisible by head_dim ({head_dim})')
+            raise UserInputError(f'{type(self).__name__} needs dim ({dim}) divisible by head_dim ({head_dim})')
         super().__init__(dim, head_dim=head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
 
     def _attend(self, x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -331,11 +332,11 @@ class SPANetV2(nn.Module):
         super().__init__()
         num_stages = len(depths)
         if len(dims) != num_stages:
-            raise ValueError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
+            raise UserInputError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
         token_mixers = _per_stage(token_mixers, num_stages, 'token_mixers')
         for name in token_mixers:
             if name not in TOKEN_MIXERS:
-                raise ValueError(f'unknown token mixer {name!r}; choose from {sorted(TOKEN_MIXERS)}')
+                raise UserInputError(f'unknown token mixer {name!r}; choose from {sorted(TOKEN_MIXERS)}')
         layer_scales = _per_stage(layer_scale_init_values, num_stages, 'layer_scale_init_values')
         res_scales = _per_stage(res_scale_init_values, num_stages, 'res_scale_init_values')
         img_h, img_w = to_2tuple(img_size)
@@ -395,6 +396,11 @@ class SPANetV2(nn.Module):
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Spectral filters are not decayed (timm's optimizer factory already skips 1-d norms, biases, scales)."""
+        return {name for name, _ in self.named_parameters() if name.endswith('.filter')}
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -406,7 +412,7 @@ class SPANetV2(nn.Module):
 
     def _check_input(self, x: Tensor):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
+            raise UserInputError(
                 f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
                 f'got {tuple(x.shape)}')
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import UserInputError
+
 __all__ = [
     'DEFAULT_LAMBDAS', 'chunk_sizes', 'signed_frequencies', 'circular_mask', 'spam_masks',
     'spectral_filter', 'resize_filter',
@@ -29,11 +31,11 @@ def chunk_sizes(dim: int, chunks: int) -> Tuple[int, ...]:
     Raises a ValueError where ``torch.chunk`` would silently return fewer pieces than asked for.
     """
     if chunks < 1:
-        raise ValueError(f'need at least one λ, got {chunks}')
+        raise UserInputError(f'need at least one λ, got {chunks}')
     size = -(-dim // chunks)
     sizes = tuple(min(size, dim - start) for start in range(0, dim, size))
     if len(sizes) != chunks:
-        raise ValueError(
+        raise UserInputError(
             f'{dim} channels cannot be split into {chunks} λ groups the official way (torch.chunk gives {sizes}); '
             f'use a λ list whose length gives {chunks} non-empty chunks of {dim}')
     return sizes

@@ -1,0 +1,417 @@
+"""ImageNet-style classification data: ImageFolder layout, timm transforms, robust decoding, Mixup/CutMix.
+
+Layout: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*`` (any extension torchvision's ``ImageFolder``
+accepts), the same class folders in both splits.
+"""
+import logging
+import struct
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
+from typing_extensions import override
+
+from spanet_pl.errors import MissingPathError, UserInputError
+
+from ._files import IMG_EXTENSIONS, has_image_file, list_class_dirs, list_image_files
+
+__all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset']
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_CROP_PCT = 0.875
+DEFAULT_INTERPOLATION = 'bicubic'
+INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'lanczos', 'box', 'hamming', 'random')
+# What PIL raises for unreadable, truncated or malformed files (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+class _RobustLoading:
+    """Decode with ``self.loader``; an unreadable file is logged once, remembered and replaced by the next one."""
+    loader: Callable[[str], Any]
+    max_consecutive_failures: int
+    bad_files: Dict[str, str]
+
+    def _path(self, index: int) -> str:
+        raise NotImplementedError
+
+    @property
+    def num_skipped(self) -> int:
+        """How many distinct files were found unreadable (in this process; each DataLoader worker has its own)."""
+        return len(self.bad_files)
+
+    def _load(self, index: int) -> Tuple[int, Any]:
+        """The decoded image at ``index`` or, if that is unreadable, at the next readable index (wrapping around).
+
+        Returns:
+            ``(index actually loaded, image)``.
+        """
+        n = len(self)
+        tries = min(self.max_consecutive_failures, n)
+        for step in range(tries):
+            i = (index + step) % n
+            path = self._path(i)
+            if path in self.bad_files:
+                continue
+            try:
+                return i, self.loader(path)
+            except _DECODE_ERRORS as e:
+                self.bad_files[path] = f'{type(e).__name__}: {e}'
+                _logger.warning('skipping unreadable image %s (%s)', path, self.bad_files[path])
+        last = self.bad_files.get(self._path((index + tries - 1) % n), 'unknown error')
+        raise RuntimeError(
+            f'{tries} consecutive images starting at {self._path(index)} are unreadable (last error: {last}); '
+            f'the data set looks broken, not just one bad file')
+
+
+class RobustImageFolder(_RobustLoading, ImageFolder):
+    """``torchvision.datasets.ImageFolder`` that skips unreadable images instead of raising.
+
+    Args:
+        root: a split folder, ``<root>/<class>/<image>``.
+        transform: applied to the decoded PIL image.
+        classes: class folder names in label order; default: the sorted sub-folders (``ImageFolder``'s rule).
+        loader: path → PIL image.
+        max_consecutive_failures: raise once this many files in a row are unreadable.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            transform: Optional[Callable] = None,
+            classes: Optional[Sequence[str]] = None,
+            loader: Callable[[str], Any] = default_loader,
+            max_consecutive_failures: int = 50,
+    ):
+        self._given_classes = list(classes) if classes is not None else None
+        self.max_consecutive_failures = max_consecutive_failures
+        self.bad_files = {}
+        super().__init__(root, transform=transform, loader=loader)
+
+    @override
+    def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
+        if self._given_classes is None:
+            return super().find_classes(directory)
+        return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
+
+    def _path(self, index: int) -> str:
+        return self.samples[index][0]
+
+    @override
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        # Only decoding is guarded: a failing transform is a bug and must surface, not be skipped.
+        index, image = self._load(index)
+        target = self.targets[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+class ImagePathDataset(_RobustLoading, Dataset):
+    """A list of image files served as ``(image, index)``, the index pointing into ``paths``.
+
+    An unreadable file is skipped like in ``RobustImageFolder``; the index then names the file actually served.
+
+    Args:
+        paths: image file paths.
+        transform: applied to the decoded PIL image.
+        loader: path → PIL image.
+        max_consecutive_failures: raise once this many files in a row are unreadable.
+    """
+
+    def __init__(
+            self,
+            paths: Sequence[str],
+            transform: Optional[Callable] = None,
+            loader: Callable[[str], Any] = default_loader,
+            max_consecutive_failures: int = 50,
+    ):
+        self.paths = list(paths)
+        self.transform = transform
+        self.loader = loader
+        self.max_consecutive_failures = max_consecutive_failures
+        self.bad_files = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _path(self, index: int) -> str:
+        return self.paths[index]
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        index, image = self._load(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, index
+
+
+def _first(names: Sequence[str], k: int = 5) -> str:
+    more = f' ... (+{len(names) - k} more)' if len(names) > k else ''
+    return ', '.join(names[:k]) + more
+
+
+def scan_image_folder_layout(root: Path) -> List[str]:
+    """Check ``root/{train,val}/<class>/`` cheaply and return the sorted class names.
+
+    Stops at the first image of every class folder, so 1000 ImageNet classes cost two ``scandir`` calls each.
+
+    Args:
+        root: the data set root.
+
+    Raises:
+        FileNotFoundError: ``root``, ``root/train`` or ``root/val`` is missing.
+        ValueError: no class folders, class folders that differ between the splits, or a class without images.
+    """
+    expected = f'expected {root}/train/<class>/<image> and {root}/val/<class>/<image>'
+    if not root.is_dir():
+        raise MissingPathError(f'data root {root} does not exist or is not a folder; {expected}')
+    for split in ('train', 'val'):
+        if not (root / split).is_dir():
+            raise MissingPathError(f'data root {root} has no {split}/ folder; {expected}')
+    train, val = list_class_dirs(root / 'train'), list_class_dirs(root / 'val')
+    if not train:
+        raise UserInputError(f'{root / "train"} has no class folders; {expected}')
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        parts = [f'only in {split}/: {_first(names)}' for split, names in (('train', only_train), ('val', only_val))
+                 if names]
+        raise UserInputError(f'class folders differ between {root}/train and {root}/val; {"; ".join(parts)}')
+    for split in ('train', 'val'):
+        for name in train:
+            if not has_image_file(root / split / name):
+                raise UserInputError(
+                    f'class folder {root / split / name} has no image file; expected at least one '
+                    f'{"/".join(IMG_EXTENSIONS)} file')
+    return train
+
+
+class ImageNetDataModule(LightningDataModule):
+    """ImageNet-style classification data with timm's training recipe (RandAugment, RandomErasing, Mixup/CutMix).
+
+    The folder layout is checked in ``__init__``, so a bad path fails before any log or checkpoint folder is made.
+    ``mean``/``std``/``crop_pct``/``interpolation`` left at ``None`` are taken in ``setup`` from the attached
+    LightningModule's ``data_config`` dict (as ``timm.data.resolve_model_data_config`` returns it), else from ImageNet
+    defaults. Training batches are ``(images, targets)``: targets are int64 class indices, or soft ``(B, num_classes)``
+    float targets (label smoothing included) when Mixup/CutMix is on.
+
+    Args:
+        root: data set root holding ``train/`` and ``val/``.
+        batch_size: training batch size per device (even when Mixup/CutMix is on).
+        eval_batch_size: validation/test/predict batch size per device; default ``batch_size``.
+        num_workers: DataLoader worker processes per device.
+        pin_memory: pin host memory (only when an accelerator is present).
+        persistent_workers: keep workers alive between epochs (only when ``num_workers > 0``).
+        img_size: square training and evaluation crop size.
+        crop_pct: evaluation centre-crop fraction (resize to ``img_size / crop_pct``, then crop).
+        mean: normalisation mean.
+        std: normalisation standard deviation.
+        interpolation: ``'bicubic'``, ``'bilinear'``, ... or ``'random'`` (training only; evaluation then bicubic).
+        auto_augment: timm auto-augment policy string, e.g. ``'rand-m9-mstd0.5-inc1'``; ``None`` for none.
+        re_prob: RandomErasing probability.
+        hflip: horizontal flip probability.
+        scale: RandomResizedCrop area range.
+        color_jitter: colour jitter strength (timm ignores it while a RandAugment policy is on).
+        mixup_alpha: Mixup beta parameter; 0 disables Mixup.
+        cutmix_alpha: CutMix beta parameter; 0 disables CutMix.
+        mixup_prob: probability of mixing a batch at all.
+        mixup_switch_prob: probability of CutMix instead of Mixup when both are on.
+        label_smoothing: smoothing folded into Mixup's soft targets (without Mixup the model applies it).
+        predict_root: folder whose images (recursive) ``predict`` serves; default the val split.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            batch_size: int = 128,
+            eval_batch_size: Optional[int] = None,
+            num_workers: int = 8,
+            pin_memory: bool = True,
+            persistent_workers: bool = True,
+            img_size: int = 224,
+            crop_pct: Optional[float] = None,
+            mean: Optional[Tuple[float, float, float]] = None,
+            std: Optional[Tuple[float, float, float]] = None,
+            interpolation: Optional[str] = None,
+            auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1',
+            re_prob: float = 0.25,
+            hflip: float = 0.5,
+            scale: Tuple[float, float] = (0.08, 1.0),
+            color_jitter: float = 0.4,
+            mixup_alpha: float = 0.8,
+            cutmix_alpha: float = 1.0,
+            mixup_prob: float = 1.0,
+            mixup_switch_prob: float = 0.5,
+            label_smoothing: float = 0.1,
+            predict_root: Optional[str] = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.img_size = img_size
+        self.crop_pct = crop_pct
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.interpolation = interpolation
+        self.auto_augment = auto_augment or None
+        self.re_prob = re_prob
+        self.hflip = hflip
+        self.scale = tuple(scale)
+        self.color_jitter = color_jitter
+        self.label_smoothing = label_smoothing
+        self.predict_root = Path(predict_root).expanduser() if predict_root else None
+
+        self.classes = scan_image_folder_layout(self.root)
+        self.num_classes = len(self.classes)
+        self.mixup_active = mixup_alpha > 0 or cutmix_alpha > 0
+        self._check_arguments()
+        self.mixup_fn = Mixup(
+            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob, switch_prob=mixup_switch_prob,
+            label_smoothing=label_smoothing, num_classes=self.num_classes,
+        ) if self.mixup_active else None
+        # Building the transforms once with the fallback values rejects a bad policy string before training starts.
+        self._build_transforms(self._resolve_data_config(None))
+
+        self.data_config: Optional[Dict[str, Any]] = None
+        self.train_transform = self.eval_transform = None
+        self.train_dataset: Optional[RobustImageFolder] = None
+        self.val_dataset: Optional[RobustImageFolder] = None
+        self.predict_dataset: Optional[ImagePathDataset] = None
+        self.predict_paths: Optional[List[str]] = None
+
+    def _check_arguments(self) -> None:
+        for key in ('batch_size', 'eval_batch_size', 'img_size'):
+            if getattr(self, key) < 1:
+                raise UserInputError(f'{key}={getattr(self, key)} must be >= 1')
+        if self.num_workers < 0:
+            raise UserInputError(f'num_workers={self.num_workers} must be >= 0')
+        if self.mixup_active and self.batch_size % 2:
+            raise UserInputError(f'batch_size={self.batch_size} must be even while Mixup/CutMix is on (timm mixes a '
+                             f'batch with its reverse)')
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise UserInputError(f'crop_pct={self.crop_pct} must be in (0, 1]')
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise UserInputError(f'interpolation={self.interpolation!r} is not one of {", ".join(INTERPOLATIONS)}')
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise UserInputError(f'scale={self.scale} must be (min, max) with 0 < min <= max')
+        if self.predict_root is not None and not self.predict_root.is_dir():
+            raise MissingPathError(f'predict_root {self.predict_root} does not exist or is not a folder')
+
+    def _model_data_config(self) -> Optional[Mapping[str, Any]]:
+        module = getattr(self.trainer, 'lightning_module', None) if self.trainer is not None else None
+        config = getattr(module, 'data_config', None)
+        return config if isinstance(config, Mapping) else None
+
+    def _resolve_data_config(self, model_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        model_config = model_config or {}
+
+        def pick(own, key, default):
+            if own is not None:
+                return own
+            return model_config[key] if model_config.get(key) is not None else default
+
+        return {
+            'input_size': (3, self.img_size, self.img_size),
+            'interpolation': pick(self.interpolation, 'interpolation', DEFAULT_INTERPOLATION),
+            'mean': tuple(float(v) for v in pick(self.mean, 'mean', IMAGENET_DEFAULT_MEAN)),
+            'std': tuple(float(v) for v in pick(self.std, 'std', IMAGENET_DEFAULT_STD)),
+            'crop_pct': float(pick(self.crop_pct, 'crop_pct', DEFAULT_CROP_PCT)),
+        }
+
+    def _build_transforms(self, config: Mapping[str, Any]) -> Tuple[Callable, Callable]:
+        interpolation = config['interpolation']
+        common = dict(input_size=self.img_size, mean=config['mean'], std=config['std'])
+        try:
+            train = create_transform(
+                is_training=True, scale=self.scale, hflip=self.hflip, color_jitter=self.color_jitter or None,
+                auto_augment=self.auto_augment, re_prob=self.re_prob, interpolation=interpolation, **common)
+            evaluation = create_transform(
+                is_training=False, crop_pct=config['crop_pct'],
+                interpolation=DEFAULT_INTERPOLATION if interpolation == 'random' else interpolation, **common)
+        except (AssertionError, KeyError, ValueError) as e:
+            raise UserInputError(
+                f'cannot build transforms with auto_augment={self.auto_augment!r}, interpolation={interpolation!r}, '
+                f're_prob={self.re_prob}, hflip={self.hflip}, scale={self.scale}: {e}') from e
+        return train, evaluation
+
+    def _split(self, split: str, transform: Callable) -> RobustImageFolder:
+        return RobustImageFolder(str(self.root / split), transform=transform, classes=self.classes)
+
+    @override
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.data_config is None:
+            model_config = self._model_data_config()
+            self.data_config = self._resolve_data_config(model_config)
+            self.train_transform, self.eval_transform = self._build_transforms(self.data_config)
+            _logger.info('data config (unset keys from %s): %s',
+                         'the model' if model_config is not None else 'ImageNet defaults', self.data_config)
+        if stage in (None, 'fit') and self.train_dataset is None:
+            self.train_dataset = self._split('train', self.train_transform)
+            if len(self.train_dataset) < self.batch_size:
+                raise UserInputError(f'{self.root / "train"} has {len(self.train_dataset)} images, fewer than '
+                                 f'batch_size={self.batch_size}; with drop_last no training batch would remain')
+        if stage in (None, 'fit', 'validate', 'test') and self.val_dataset is None:
+            self.val_dataset = self._split('val', self.eval_transform)
+        if stage in (None, 'predict') and self.predict_dataset is None:
+            if self.predict_root is None:
+                self.predict_paths = [path for path, _ in self._split('val', None).samples]
+            else:
+                self.predict_paths = list_image_files(self.predict_root)
+                if not self.predict_paths:
+                    raise UserInputError(f'predict_root {self.predict_root} holds no image file '
+                                     f'({"/".join(IMG_EXTENSIONS)})')
+            self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # Mixup mixes a batch with its reverse: every batch must be full (even) size
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.accelerator.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup('fit')
+        return self._loader(self.train_dataset, self.batch_size, train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup('validate')
+        return self._loader(self.val_dataset, self.eval_batch_size)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dataset is None:
+            self.setup('predict')
+        return self._loader(self.predict_dataset, self.eval_batch_size)
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Mixing on the device keeps the workers' output plain and the mixing cheap.
+        if self.mixup_fn is not None and self.trainer is not None and self.trainer.training:
+            images, targets = batch
+            return self.mixup_fn(images, targets)
+        return batch

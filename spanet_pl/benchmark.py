@@ -1,0 +1,465 @@
+"""Parameters, MACs and throughput of the SPANet family, optionally side by side with the official code.
+
+    python -m spanet_pl.benchmark table [--variants NAME ...] [--size 224] [--markdown]
+    python -m spanet_pl.benchmark speed [--variants NAME ...] [--sizes 224] [--batch 8] [--device cpu]
+        [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--train] [--json out.json]
+
+``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval).
+FlopCounterMode counts convolutions, matmuls and attention only; FFTs and elementwise ops are not in it. The FFTs of
+the spectral filters are therefore counted separately and analytically, per transform the model actually runs:
+2.5 N log2(N) FLOPs for a real 2-D (i)rfft of N = H * W points and 5 N log2(N) for a complex one (the usual radix-2
+estimate, as FFTW reports it), times the number of channels transformed.
+
+``speed`` times inference (or, with ``--train``, forward + backward + SGD step) and reports images/s from the median
+wall time per iteration. Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
+imports their model files at run time (nothing of them is copied into this repository), builds the same variant,
+loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``), prints the largest
+logit difference and times both, alternating iterations so both see the same machine load.
+"""
+import argparse
+import contextlib
+import functools
+import gc
+import importlib.util
+import io
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from tqdm import tqdm
+
+from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
+from .testing import seeded_input, synthetic_state_dict
+
+__all__ = ['count_flops', 'measure_table', 'measure_speed', 'format_table', 'main']
+
+aten = torch.ops.aten
+DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
+OFFICIAL_FILES = {'v1': 'image_classification/spanet.py', 'v2': 'image_classification/models/spanetv2.py'}
+OFFICIAL_V1_SIZE = 224  # the official v1 re-assigns its fixed filters in forward, which raises at any other size
+SEED = 0
+
+MACS_NOTE = (
+    'Parameters: trainable, 1000-class head. MACs: torch.utils.flop_counter.FlopCounterMode FLOPs / 2 at batch 1, '
+    '{size}x{size}, eval; it counts convolutions, matmuls and attention only, so FFTs and elementwise ops (norms, '
+    'activations, spectral masks and SRFs, residuals) are not included.')
+FFT_NOTE = (
+    'FFT: analytic, per transform the model runs: 2.5 N log2 N FLOPs per real 2-D (i)rfft of N = H*W points '
+    '(5 N log2 N per complex one), times the channels transformed.')
+
+
+def _fft_flops(signal_shape, dim, per_point: float) -> int:
+    n = math.prod(signal_shape[d] for d in dim)
+    if n <= 1:
+        return 0
+    return round(math.prod(signal_shape) // n * per_point * n * math.log2(n))
+
+
+# FlopCounterMode formulas (called with shapes); the signal is the real side of a real transform.
+def _fft_r2c_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(x_shape, dim, 2.5)
+
+
+def _fft_c2r_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(out_shape, dim, 2.5)
+
+
+def _fft_c2c_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(x_shape, dim, 5.0)
+
+
+FFT_OPS = {aten._fft_r2c: _fft_r2c_flops, aten._fft_c2r: _fft_c2r_flops, aten._fft_c2c: _fft_c2c_flops}
+
+
+def _sdpa_cpu_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
+# PyTorch's CPU attention kernel is missing from FlopCounterMode's registry (the CUDA ones are in it).
+EXTRA_OPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> Dict[str, int]:
+    """FLOPs of one eval forward of ``model`` on ``x``: 'dense' (FlopCounterMode's ops) and 'fft' (analytic)."""
+    model.eval()
+    counter = FlopCounterMode(display=False, custom_mapping={**FFT_OPS, **EXTRA_OPS})
+    with torch.no_grad(), counter:
+        model(x)
+    counts = counter.get_flop_counts()['Global']
+    fft = sum(v for op, v in counts.items() if op in FFT_OPS)
+    return dict(dense=sum(counts.values()) - fft, fft=fft)
+
+
+def _check_variants(names: Optional[Sequence[str]], default: Sequence[str]) -> List[str]:
+    names = list(names) if names else list(default)
+    for name in names:
+        if name not in VARIANTS:
+            create_backbone(name)  # raises the registry's one-line error, listing the valid names
+    return names
+
+
+def measure_table(variants: Optional[Sequence[str]] = None, size: int = 224, progress: bool = True) -> List[dict]:
+    """Trainable parameters, MACs and analytic FFT FLOPs of each variant, built one at a time.
+
+    Args:
+        variants: variant names; all registered variants when None.
+        size: square input size.
+        progress: show a tqdm bar (stderr).
+    Returns:
+        One dict per variant: variant, size, params, macs (FlopCounterMode FLOPs // 2), fft_flops.
+    """
+    rows = []
+    x = torch.randn(1, 3, size, size)
+    for name in tqdm(_check_variants(variants, VARIANTS), desc='table', disable=not progress, file=sys.stderr):
+        model = create_backbone(name)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        flops = count_flops(model, x)
+        rows.append(dict(variant=name, size=size, params=params, macs=flops['dense'] // 2, fft_flops=flops['fft']))
+        del model
+        gc.collect()
+    return rows
+
+
+@contextlib.contextmanager
+def _official_import_shims():
+    """The old timm paths the official files import from, and no second registration of their model names."""
+    import timm.layers
+    import timm.models.registry
+    helpers = types.ModuleType('timm.models.layers.helpers')
+    helpers.to_2tuple = timm.layers.to_2tuple
+    saved_module = sys.modules.get('timm.models.layers.helpers')
+    saved_register = timm.models.registry.register_model
+    sys.modules['timm.models.layers.helpers'] = helpers
+    timm.models.registry.register_model = lambda fn: fn
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            yield
+    finally:
+        timm.models.registry.register_model = saved_register
+        if saved_module is None:
+            sys.modules.pop('timm.models.layers.helpers', None)
+        else:
+            sys.modules['timm.models.layers.helpers'] = saved_module
+
+
+@functools.lru_cache(maxsize=None)
+def _official_module(family: str, root: str) -> types.ModuleType:
+    path = Path(root) / OFFICIAL_FILES[family]
+    if not path.is_file():
+        raise FileNotFoundError(f'official SPANet{"V2" if family == "v2" else ""} file not found: {path}')
+    spec = importlib.util.spec_from_file_location(f'official_spanet_{family}', path)
+    module = importlib.util.module_from_spec(spec)
+    with _official_import_shims():
+        spec.loader.exec_module(module)
+    return module
+
+
+def _family(variant: str) -> str:
+    return 'v1' if variant in SPANET_VARIANTS else 'v2'
+
+
+def _build_official(variant: str, root: str) -> nn.Module:
+    with contextlib.redirect_stdout(io.StringIO()):  # the official v1 prints its λ list in every SPAM
+        return getattr(_official_module(_family(variant), root), variant)()
+
+
+def _official_weights(official: nn.Module, family: str) -> Dict[str, torch.Tensor]:
+    """Well-scaled synthetic weights in the official layout (random init would give near-zero logits)."""
+    own = official.state_dict()
+    weights = synthetic_state_dict([(k, tuple(v.shape)) for k, v in own.items()], SEED)
+    if family == 'v1':
+        weights.update({k: v for k, v in own.items() if k.endswith('.filter')})  # fixed masks, not weights
+    return weights
+
+
+def _sync(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Parameter], amp: bool) -> Callable:
+    """One timed unit of work: an inference forward, or forward + cross-entropy backward + SGD step."""
+    device_type = x.device.type
+    if not train:
+        def step():
+            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+                model(x)
+        return step
+    optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, momentum=0.9)
+    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
+    """Median seconds per call of each step, iterations alternating between the steps."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    _sync(device)
+    times = [[] for _ in steps]
+    for _ in range(iters):
+        for step, record in zip(steps, times):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def measure_speed(
+        variants: Optional[Sequence[str]] = None,
+        sizes: Sequence[int] = (224,),
+        batch: int = 8,
+        device: str = 'cpu',
+        dtype: str = 'float32',
+        warmup: int = 3,
+        iters: int = 10,
+        official_v1: Optional[str] = None,
+        official_v2: Optional[str] = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        train: bool = False,
+        progress: bool = True,
+) -> List[dict]:
+    """Throughput (images/s) of our models and, where a clone is given, of the official ones.
+
+    Args:
+        variants: variant names (default: spanet_small, spanetv2_s18_pure, spanetv2_s18_hybrid).
+        sizes: square input sizes.
+        batch: images per iteration.
+        device: 'cpu' or 'cuda'.
+        dtype: 'float32', or 'bfloat16' (torch.autocast, as Lightning's bf16-mixed precision runs).
+        warmup: untimed iterations per model and size (at least 1 with ``compile``).
+        iters: timed iterations; the median is reported.
+        official_v1: path of a DoranLyong/SPANet-official clone, or None.
+        official_v2: path of a DoranLyong/SPANetV2-official clone, or None.
+        channels_last: run models and inputs in channels-last memory format.
+        compile: ``torch.compile`` each model.
+        train: time forward + backward + SGD step in train mode instead of inference.
+        progress: show a tqdm bar (stderr).
+    Returns:
+        One dict per (variant, size): ours/official images/s, speed-up, max |logit difference| (fp32, eval) and a
+        note saying why an official number is missing.
+    """
+    if dtype not in ('float32', 'bfloat16'):
+        raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
+    if iters < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f'need iters >= 1, warmup >= 0 and batch >= 1, got {iters}, {warmup}, {batch}')
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError('device cuda given but CUDA is not available')
+        torch.backends.cudnn.benchmark = True
+    roots = {'v1': official_v1, 'v2': official_v2}
+    amp = dtype == 'bfloat16'
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    names = _check_variants(variants, DEFAULT_SPEED_VARIANTS)
+    rows = []
+    bar = tqdm(total=len(names) * len(sizes), desc='speed', disable=not progress, file=sys.stderr)
+    for name in names:
+        ours = create_backbone(name).to(dev)
+        official, weights, note = None, None, None
+        root = roots[_family(name)]
+        if root is None:
+            note = f'no --official-{_family(name)}'
+        elif name not in OFFICIAL_VARIANTS:
+            note = 'no official counterpart'
+        else:
+            official = _build_official(name, root).to(dev)
+            weights = _official_weights(official, _family(name))
+        for size in sizes:
+            bar.set_postfix_str(f'{name} @ {size}')
+            row = dict(variant=name, size=size, mode='train' if train else 'inference', batch=batch,
+                       device=str(dev), dtype=dtype, ours_img_s=None, official_img_s=None, speedup=None,
+                       max_abs_logit_diff=None, note=note)
+            use_official = official is not None
+            if use_official and _family(name) == 'v1' and size != OFFICIAL_V1_SIZE:
+                use_official, row['note'] = False, f'official v1 runs only at {OFFICIAL_V1_SIZE}'
+            if use_official:
+                # Fresh identical weights at every size (a training run changes them), then the equivalence check.
+                official.load_state_dict(weights)
+                load_official_checkpoint(ours, official.state_dict())
+                x = seeded_input(2, (size, size), SEED).to(dev)
+                ours.eval()
+                official.eval()
+                with torch.no_grad():
+                    row['max_abs_logit_diff'] = (ours(x) - official(x)).abs().max().item()
+            x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=memory_format)
+            models = [(ours, 'ours')] + ([(official, 'official')] if use_official else [])
+            steps = []
+            for model, label in models:
+                model.to(memory_format=memory_format).train(train)
+                run = torch.compile(model) if compile else model
+                step = _make_step(run, x, train, list(model.parameters()), amp)
+                if label == 'official':
+                    try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
+                        step()
+                    except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
+                        row['note'] = f'official failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'
+                        continue
+                steps.append(step)
+            seconds = _time_steps(steps, warmup, iters, dev)
+            row['ours_img_s'] = batch / seconds[0]
+            if len(seconds) > 1:
+                row['official_img_s'] = batch / seconds[1]
+                row['speedup'] = row['ours_img_s'] / row['official_img_s']
+            rows.append(row)
+            bar.update()
+        del ours, official, weights
+        gc.collect()
+        if dev.type == 'cuda':
+            torch.cuda.empty_cache()
+    bar.close()
+    return rows
+
+
+def format_table(rows: List[List[str]], headers: Sequence[str], markdown: bool = False,
+                 left: Sequence[int] = (0,)) -> str:
+    """Rows of cells as an aligned text table (columns ``left`` left-aligned, the rest right) or a GitHub table."""
+    if markdown:
+        lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join([':---'] + ['---:'] * (len(headers) - 1)) + '|']
+        return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+
+    def line(cells):
+        return '  '.join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return '\n'.join([line(headers), line(['-' * w for w in widths])] + [line(row) for row in rows])
+
+
+def _print_table(rows: List[dict], size: int, markdown: bool):
+    if markdown:
+        cells = [[f'`{r["variant"]}`', f'{r["params"] / 1e6:.2f}', f'{r["macs"] / 1e9:.2f}'] for r in rows]
+        print(format_table(cells, ['variant', 'params (M)', 'MACs (G)'], markdown=True))
+        print('\n' + MACS_NOTE.format(size=size) + ' The FFT cost is listed by `python -m spanet_pl.benchmark table`.')
+        return
+    cells = [[r['variant'], f'{r["params"] / 1e6:.2f}', f'{r["macs"] / 1e9:.3f}', f'{r["fft_flops"] / 1e9:.3f}']
+             for r in rows]
+    print(f'# trainable parameters and MACs at {size}x{size}')
+    print(format_table(cells, ['variant', 'params (M)', 'MACs (G)', 'FFT (GFLOPs)']))
+    print('\n' + MACS_NOTE.format(size=size) + '\n' + FFT_NOTE)
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
+    return 'n/a' if value is None else f'{value:{spec}}{suffix}'
+
+
+def _environment(device: str) -> dict:
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine())
+    return dict(torch=torch.__version__, device=name, threads=torch.get_num_threads())
+
+
+def _print_speed(rows: List[dict], settings: dict, environment: dict):
+    print(f'# {settings["mode"]} throughput, images/s (median of {settings["iters"]} iterations after '
+          f'{settings["warmup"]} warm-up): batch {settings["batch"]}, {settings["dtype"]}, '
+          f'{environment["device"]} ({settings["device"]}, {environment["threads"]} threads), torch '
+          f'{environment["torch"]}, channels_last={settings["channels_last"]}, compile={settings["compile"]}')
+    cells = [[r['variant'], str(r['size']), _fmt(r['ours_img_s'], '.2f'), _fmt(r['official_img_s'], '.2f'),
+              _fmt(r['speedup'], '.2f', 'x'), _fmt(r['max_abs_logit_diff'], '.2e'), r['note'] or '']
+             for r in rows]
+    print(format_table(cells, ['variant', 'size', 'ours', 'official', 'speed-up', 'max|dlogit|', 'note'],
+                       left=(0, 6)))
+    if any(r['max_abs_logit_diff'] is not None for r in rows):
+        print('\nmax|dlogit|: largest |logit difference| ours vs official, same synthetic weights, batch 2, fp32, eval.')
+
+
+def _write_json(path: Optional[Path], payload: dict):
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + '\n')
+        print(f'wrote {path}', file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m spanet_pl.benchmark', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{table,speed}')
+
+    table = sub.add_parser('table', help='trainable parameters and MACs of every variant',
+                           description='Trainable parameters and MACs (FlopCounterMode FLOPs / 2, batch 1, eval) '
+                                       'of each variant, plus analytic FFT FLOPs, which FlopCounterMode omits.')
+    table.add_argument('--variants', nargs='+', metavar='NAME', help='variants to list (default: all registered)')
+    table.add_argument('--size', type=int, default=224, help='square input size (default: 224)')
+    table.add_argument('--markdown', action='store_true',
+                       help='print a GitHub markdown table (variant, params (M), MACs (G)) for the README')
+    table.add_argument('--json', type=Path, metavar='PATH', help='also write the results as JSON')
+
+    speed = sub.add_parser('speed', help='inference / training throughput, optionally against the official code',
+                           description='Images/s (median over iterations) of our models and, given local clones, '
+                                       'of the official SPANet/SPANetV2 code with identical weights.')
+    speed.add_argument('--variants', nargs='+', metavar='NAME',
+                       help=f'variants to time (default: {" ".join(DEFAULT_SPEED_VARIANTS)})')
+    speed.add_argument('--sizes', nargs='+', type=int, default=[224], metavar='N',
+                       help='square input sizes (default: 224); the official v1 is timed at 224 only')
+    speed.add_argument('--batch', type=int, default=8, help='images per iteration (default: 8)')
+    speed.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
+                       help='default: cuda when available')
+    speed.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                       help='bfloat16 runs under torch.autocast (default: float32)')
+    speed.add_argument('--warmup', type=int, default=3, help='untimed iterations per model and size (default: 3)')
+    speed.add_argument('--iters', type=int, default=10, help='timed iterations; the median is reported (default: 10)')
+    speed.add_argument('--official-v1', metavar='PATH',
+                       help='clone of DoranLyong/SPANet-official (imports image_classification/spanet.py)')
+    speed.add_argument('--official-v2', metavar='PATH',
+                       help='clone of DoranLyong/SPANetV2-official (imports image_classification/models/spanetv2.py)')
+    speed.add_argument('--channels-last', action='store_true', help='channels-last models and inputs')
+    speed.add_argument('--compile', action='store_true', help='torch.compile every model (needs --warmup >= 1)')
+    speed.add_argument('--train', action='store_true',
+                       help='time a training step (forward + cross-entropy backward + SGD step) instead of inference')
+    speed.add_argument('--json', type=Path, metavar='PATH', help='also write the results as JSON')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:  # argument errors as one line, before minutes of model building
+        _check_variants(args.variants, VARIANTS)
+        if args.command == 'speed':
+            for family, root in (('v1', args.official_v1), ('v2', args.official_v2)):
+                if root is not None and not (Path(root) / OFFICIAL_FILES[family]).is_file():
+                    raise ValueError(f'--official-{family} {root}: {OFFICIAL_FILES[family]} not found in it')
+            if args.device == 'cuda' and not torch.cuda.is_available():
+                raise ValueError('--device cuda given but CUDA is not available')
+            if args.compile and args.warmup < 1:
+                raise ValueError('--compile needs --warmup >= 1 (the first call compiles)')
+    except ValueError as e:
+        sys.exit(f'{parser.prog}: error: {e}')
+    if args.command == 'table':
+        rows = measure_table(args.variants, args.size)
+        _print_table(rows, args.size, args.markdown)
+        _write_json(args.json, dict(command='table', notes=[MACS_NOTE.format(size=args.size), FFT_NOTE], results=rows))
+        return
+    settings = dict(
+        sizes=args.sizes, batch=args.batch, device=args.device, dtype=args.dtype, warmup=args.warmup, iters=args.iters,
+        official_v1=args.official_v1, official_v2=args.official_v2, channels_last=args.channels_last,
+        compile=args.compile, train=args.train)
+    rows = measure_speed(args.variants, **settings)
+    environment = _environment(args.device)
+    _print_speed(rows, dict(settings, mode='train' if args.train else 'inference'), environment)
+    _write_json(args.json, dict(command='speed', settings=settings, environment=environment, results=rows))
+
+
+if __name__ == '__main__':
+    main()

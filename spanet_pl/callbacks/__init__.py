@@ -1,0 +1,4 @@
+from .checkpoints import LastCheckpoint
+from .predictions import TopKPredictionWriter
+
+__all__ = ['LastCheckpoint', 'TopKPredictionWriter']

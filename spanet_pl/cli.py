@@ -1,0 +1,110 @@
+"""The project's LightningCLI: ``python -m spanet_pl {fit,validate,test,predict} --config FILE.yaml``.
+
+Every run gets a TensorBoard logger (``logs/<name>/version_N``), a best checkpoint on the task's metric, a
+``last.ckpt`` refreshed every few hundred steps, a learning-rate monitor, a progress bar and a seed.
+``--ckpt_path last`` resumes the newest run of the same logger name from its ``last.ckpt``, in the same log folder.
+"""
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from .callbacks import LastCheckpoint, TopKPredictionWriter
+
+__all__ = ['SpanetCLI', 'find_last_checkpoint']
+
+_logger = logging.getLogger(__name__)
+
+
+def find_last_checkpoint(save_dir: str, name: str, version=None) -> Optional[Path]:
+    """``last.ckpt`` of the given (or newest) ``<save_dir>/<name>/version_*`` run, or None."""
+    root = Path(save_dir) / (name or '')
+    if version is not None:
+        folder = root / (version if isinstance(version, str) else f'version_{version}')
+        candidates = [folder / 'checkpoints' / 'last.ckpt']
+    else:
+        candidates = list(root.glob('version_*/checkpoints/last.ckpt'))
+    candidates = [path for path in candidates if path.is_file()]
+    return max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
+
+
+class SpanetCLI(LightningCLI):
+    """LightningCLI with this project's defaults and argument links (data's num_classes -> model)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('trainer_defaults', {
+            'logger': {
+                'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
+                'init_args': {'save_dir': 'logs', 'name': 'spanet_pl', 'default_hp_metric': False},
+            },
+        })
+        super().__init__(
+            LightningModule, LightningDataModule, *args,
+            subclass_mode_model=True, subclass_mode_data=True,
+            seed_everything_default=kwargs.pop('seed_everything_default', 42),
+            # a resumed run writes its config into its own folder again
+            save_config_kwargs={'overwrite': True},
+            auto_configure_optimizers=False,
+            **kwargs,
+        )
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments('data.num_classes', 'model.init_args.num_classes', apply_on='instantiate')
+        parser.add_lightning_class_args(ModelCheckpoint, 'checkpoint')
+        parser.set_defaults({
+            'checkpoint.monitor': None,  # None: the task's own metric (the model's `monitor`)
+            'checkpoint.mode': 'max',
+            'checkpoint.save_top_k': 1,
+            'checkpoint.filename': 'best-epoch{epoch:03d}-step{step}',
+            'checkpoint.auto_insert_metric_name': False,
+        })
+        parser.add_lightning_class_args(LastCheckpoint, 'last_checkpoint')
+        parser.add_lightning_class_args(LearningRateMonitor, 'lr_monitor')
+        parser.set_defaults({'lr_monitor.logging_interval': 'step'})
+        parser.add_lightning_class_args(TopKPredictionWriter, 'prediction_writer')
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if self.subcommand == 'fit' and config.get('ckpt_path') == 'last':
+            self._resolve_last(config)
+
+    def _resolve_last(self, config) -> None:
+        logger = config.trainer.logger
+        init = logger.get('init_args', {}) if hasattr(logger, 'get') else {}
+        save_dir, name = init.get('save_dir', 'logs'), init.get('name', 'spanet_pl')
+        dirpath = config.last_checkpoint.get('dirpath')
+        path = Path(dirpath) / 'last.ckpt' if dirpath else find_last_checkpoint(save_dir, name, init.get('version'))
+        if path is None or not path.is_file():
+            _logger.warning('--ckpt_path last: no last.ckpt under %s, starting from scratch', dirpath or
+                            os.path.join(save_dir, name))
+            config.ckpt_path = None
+            return
+        config.ckpt_path = str(path)
+        match = re.fullmatch(r'version_(\d+)', path.parent.parent.name)
+        if not dirpath and hasattr(logger, 'get') and 'init_args' in logger:
+            logger.init_args.version = int(match.group(1)) if match else path.parent.parent.name
+        _logger.warning('resuming from %s', path)
+
+    def after_fit(self) -> None:
+        for callback in self.trainer.checkpoint_callbacks:
+            if type(callback) is ModelCheckpoint and callback.best_model_path and callback.best_model_score is not None:
+                rank_zero_info(f'best {callback.monitor} = {callback.best_model_score.item():.4f} '
+                               f'({callback.best_model_path})')
+        rank_zero_info(f'logs: {self.trainer.log_dir}   (tensorboard --logdir {self.trainer.log_dir})')
+
+    @override
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        monitor = getattr(self.model, 'monitor', None)
+        for callback in self.trainer.callbacks:
+            if type(callback) is ModelCheckpoint and callback.monitor is None:
+                callback.monitor = monitor

@@ -1,0 +1,3 @@
+from .classification import ClassificationModule
+
+__all__ = ['ClassificationModule']

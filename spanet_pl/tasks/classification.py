@@ -1,0 +1,191 @@
+"""Image classification with any registered SPANet-family backbone."""
+import logging
+import math
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from timm.data import resolve_model_data_config
+from timm.loss import SoftTargetCrossEntropy
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from ..models import create_backbone
+
+__all__ = ['ClassificationModule', 'weight_decay_groups']
+
+_logger = logging.getLogger(__name__)
+
+
+def weight_decay_groups(model: nn.Module) -> List[Dict[str, Any]]:
+    """Two parameter groups: decayed matrices/kernels, and undecayed norms, biases, scales and spectral filters.
+
+    The undecayed group carries ``weight_decay=0``; the other inherits the optimizer's own ``weight_decay``.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith('.bias') or name in skip else decay).append(param)
+    return [{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}]
+
+
+class ClassificationModule(LightningModule):
+    """Trains and evaluates a SPANet-family classifier.
+
+    Args:
+        backbone: registered variant name (``spanet_pl.VARIANTS``).
+        num_classes: classifier outputs (the CLI links it from the data module).
+        backbone_kwargs: constructor arguments of the backbone: drop_path_rate, ablation switches, ...
+        pretrained: checkpoint to start from (official layout or ours); a classifier of another size is dropped.
+        optimizer: optimizer factory (AdamW, timm's Lamb, ...); its ``lr`` is the rate for ``base_batch_size``.
+        base_batch_size: batch size the configured lr belongs to; the lr is scaled linearly to the effective batch
+            (devices x per-device batch x gradient accumulation). None: use the lr as given.
+        warmup_epochs: linear warmup length from ``warmup_lr`` (fractions allowed), stepped per optimizer update.
+        warmup_lr: learning rate at step 0.
+        min_lr: floor of the cosine decay.
+        ema_decay: keep an exponential moving average of the weights with this decay, evaluated alongside.
+        top_k: classes per image written by ``predict``.
+    """
+
+    monitor = 'val/acc1'
+
+    def __init__(
+            self,
+            backbone: str = 'spanet_nano',
+            num_classes: int = 1000,
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            pretrained: Optional[str] = None,
+            optimizer: OptimizerCallable = torch.optim.AdamW,
+            base_batch_size: Optional[int] = None,
+            warmup_epochs: float = 5.0,
+            warmup_lr: float = 1e-6,
+            min_lr: float = 1e-5,
+            ema_decay: Optional[float] = None,
+            top_k: int = 5,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=['optimizer'])
+        kwargs = dict(backbone_kwargs or {})
+        if pretrained:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained))
+        self.backbone = create_backbone(backbone, num_classes=num_classes, **kwargs)
+        self.optimizer_factory = optimizer
+        self.ema = ModelEmaV3(self.backbone, decay=ema_decay) if ema_decay else None
+        self.soft_loss = SoftTargetCrossEntropy()
+        accuracy = {'acc1': MulticlassAccuracy(num_classes, top_k=1, average='micro')}
+        if num_classes >= 5:
+            accuracy['acc5'] = MulticlassAccuracy(num_classes, top_k=5, average='micro')
+        metrics = MetricCollection(accuracy)
+        self.train_metrics = metrics.clone(prefix='train/')
+        self.val_metrics = metrics.clone(prefix='val/')
+        self.test_metrics = metrics.clone(prefix='test/')
+        self.val_ema_metrics = metrics.clone(prefix='val/ema_') if self.ema else None
+        self.test_ema_metrics = metrics.clone(prefix='test/ema_') if self.ema else None
+
+    @property
+    def data_config(self) -> Dict[str, Any]:
+        """Input size, crop_pct, mean, std and interpolation of the backbone (read by the data modules)."""
+        return resolve_model_data_config(self.backbone)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 2:  # mixup / cutmix soft targets
+            return self.soft_loss(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    @property
+    def label_smoothing(self) -> float:
+        """Smoothing of hard targets: a data-module setting (``data.label_smoothing``, which also shapes mixup's
+        soft targets), so it is set in one place."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, 'label_smoothing', 0.0)
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, target = batch
+        logits = self(images)
+        loss = self._loss(logits, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f'non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, '
+                f'batch {batch_idx}): lower the learning rate, enable gradient clipping or check the inputs')
+        self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        if target.ndim == 1:
+            self.train_metrics.update(logits.detach(), target)
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    @override
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.backbone, step=self.global_step)
+
+    def _eval_step(self, batch, stage: str):
+        images, target = batch
+        logits = self(images)
+        self.log(f'{stage}/loss', F.cross_entropy(logits, target), sync_dist=True)
+        metrics = self.val_metrics if stage == 'val' else self.test_metrics
+        metrics.update(logits, target)
+        self.log_dict(metrics, prog_bar=stage == 'val')
+        if self.ema is not None:
+            ema_metrics = self.val_ema_metrics if stage == 'val' else self.test_ema_metrics
+            ema_metrics.update(self.ema.module(images), target)
+            self.log_dict(ema_metrics)
+
+    @override
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, 'val')
+
+    @override
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, 'test')
+
+    @override
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, torch.Tensor]:
+        images, indices = batch
+        model = self.ema.module if self.ema is not None else self.backbone
+        probs = model(images).softmax(dim=-1)
+        top = probs.topk(min(self.hparams.top_k, probs.shape[-1]), dim=-1)
+        return {'indices': indices, 'classes': top.indices, 'probs': top.values}
+
+    def effective_batch_size(self) -> int:
+        datamodule = self.trainer.datamodule
+        per_device = getattr(datamodule, 'batch_size', None)
+        if per_device is None:
+            raise ValueError('base_batch_size needs a data module with a batch_size attribute to scale the lr')
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    @override
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(weight_decay_groups(self.backbone))
+        scale = 1.0
+        if self.hparams.base_batch_size:
+            scale = self.effective_batch_size() / self.hparams.base_batch_size
+        for group in optimizer.param_groups:
+            group['lr'] *= scale
+        peak = optimizer.param_groups[0]['lr']
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = min(int(math.ceil(self.hparams.warmup_epochs * total / epochs)), total - 1)
+        _logger.info('optimizer %s: peak lr %.3g (x%.3g for the effective batch), %d warmup of %d steps',
+                     type(optimizer).__name__, peak, scale, warmup, total)
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=total, lr_min=self.hparams.min_lr, warmup_t=warmup,
+            warmup_lr_init=self.hparams.warmup_lr, t_in_epochs=False)
+        return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
+
+    @override
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)

@@ -1,0 +1,53 @@
+"""The benchmark's measurements on the nano variants (fast on CPU) and its command line."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from spanet_pl.benchmark import count_flops, main, measure_speed, measure_table
+
+
+def test_table_params_and_macs():
+    rows = measure_table(['spanet_nano', 'spanetv2_nano_pure'], size=64, progress=False)
+    assert [row['variant'] for row in rows] == ['spanet_nano', 'spanetv2_nano_pure']
+    for row in rows:
+        model = timm.create_model(row['variant'])
+        assert row['params'] == sum(p.numel() for p in model.parameters())
+        assert row['macs'] > 0
+        assert row['fft_flops'] > 0  # both have spectral filters, which FlopCounterMode alone does not see
+
+
+def test_count_flops_conv_and_fft():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, torch.randn(1, 3, 16, 16)) == dict(dense=2 * 8 * 3 * 9 * 16 * 16, fft=0)
+
+    class Rfft(nn.Module):
+        def forward(self, x):
+            return torch.fft.irfft2(torch.fft.rfft2(x), s=x.shape[-2:])
+
+    # two real 16x16 transforms on 4 channels: 2 * 4 * 2.5 * 256 * log2(256)
+    assert count_flops(Rfft(), torch.randn(1, 4, 16, 16)) == dict(dense=0, fft=2 * 4 * 2.5 * 256 * 8)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_speed_positive_throughput(train):
+    rows = measure_speed(['spanet_nano'], sizes=[64], batch=1, device='cpu', warmup=1, iters=1, train=train,
+                         progress=False)
+    assert len(rows) == 1
+    assert rows[0]['ours_img_s'] > 0
+    assert rows[0]['official_img_s'] is None and rows[0]['note']
+
+
+def test_unknown_variant_is_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(['table', '--variants', 'spanet_smal'])
+    message = str(exc.value.code)
+    assert '\n' not in message and "did you mean 'spanet_small'" in message and 'spanetv2_s18_pure' in message
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(['speed', '--help'])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert '--official-v1' in out and '--train' in out
