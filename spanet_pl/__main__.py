@@ -1,16 +1,31 @@
 """``python -m spanet_pl {fit,validate,test,predict} --config FILE.yaml [--key value ...]``"""
 import sys
+from typing import Optional
 
 from .errors import UserInputError
+
+
+def user_facing_error(err: BaseException) -> Optional[BaseException]:
+    """The bad-input or divergence error behind ``err`` (jsonargparse wraps errors raised while instantiating)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (UserInputError, FloatingPointError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def main(args=None) -> None:
     from .cli import SpanetCLI
     try:
         SpanetCLI(args=args)
-    except (UserInputError, FloatingPointError) as err:
-        # Known bad input or a diverged run: the message says what happened; a traceback would bury it.
-        print(f'spanet_pl: error: {err}', file=sys.stderr)
+    except Exception as err:
+        known = user_facing_error(err)
+        if known is None:
+            raise
+        # The message names what is wrong and where; a traceback would only bury it.
+        print(f'spanet_pl: error: {known}', file=sys.stderr)
         sys.exit(2)
 
 

@@ -24,6 +24,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -363,10 +364,12 @@ def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
     return 'n/a' if value is None else f'{value:{spec}}{suffix}'
 
 
-def _environment(device: str) -> dict:
+def _environment(device: str, load_before: float) -> dict:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine())
-    return dict(torch=torch.__version__, device=name, threads=torch.get_num_threads())
+    # Other processes on the CPU cores slow every timing (and OpenMP far more than their share): worth a record.
+    return dict(torch=torch.__version__, device=name, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                load_avg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
 
 
 def _print_speed(rows: List[dict], settings: dict, environment: dict):
@@ -374,6 +377,8 @@ def _print_speed(rows: List[dict], settings: dict, environment: dict):
           f'{settings["warmup"]} warm-up): batch {settings["batch"]}, {settings["dtype"]}, '
           f'{environment["device"]} ({settings["device"]}, {environment["threads"]} threads), torch '
           f'{environment["torch"]}, channels_last={settings["channels_last"]}, compile={settings["compile"]}')
+    print('# 1-min load average before / after: {} / {} on {} cores'.format(
+        *environment['load_avg_1min'], environment['cpu_count']))
     cells = [[r['variant'], str(r['size']), _fmt(r['ours_img_s'], '.2f'), _fmt(r['official_img_s'], '.2f'),
               _fmt(r['speedup'], '.2f', 'x'), _fmt(r['max_abs_logit_diff'], '.2e'), r['note'] or '']
              for r in rows]
@@ -455,8 +460,9 @@ def main(argv: Optional[Sequence[str]] = None):
         sizes=args.sizes, batch=args.batch, device=args.device, dtype=args.dtype, warmup=args.warmup, iters=args.iters,
         official_v1=args.official_v1, official_v2=args.official_v2, channels_last=args.channels_last,
         compile=args.compile, train=args.train)
+    load_before = os.getloadavg()[0]
     rows = measure_speed(args.variants, **settings)
-    environment = _environment(args.device)
+    environment = _environment(args.device, load_before)
     _print_speed(rows, dict(settings, mode='train' if args.train else 'inference'), environment)
     _write_json(args.json, dict(command='speed', settings=settings, environment=environment, results=rows))
 
