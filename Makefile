@@ -10,8 +10,8 @@ help:  ## list the targets
 install:  ## install spanet_pl (+ test tools) into the current Python environment
 	$(PIP_INSTALL)
 
-demo: install  ## the quick start: build every variant's nano sibling and print params / MACs
-	$(PYTHON) -m spanet_pl.benchmark table --variants spanet_nano spanetv2_nano_pure spanetv2_nano_hybrid spanet_small spanetv2_s18_pure --markdown
+demo: install  ## the quick start: train spanet_nano on the embedded digits (CPU, about a minute)
+	$(PYTHON) -m spanet_pl fit --config cli_configs/quickstart.yaml
 
 test: install  ## install, then run the whole test-suite
 	$(PYTHON) -m pytest -q

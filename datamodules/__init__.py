@@ -1,5 +1,10 @@
-"""LightningDataModules: ImageNet-style classification and its embedded scikit-learn digits default."""
+"""LightningDataModules: ImageNet-style classification, ADE20K segmentation, and their embedded scikit-learn digits
+defaults."""
+from .ade20k import ADE20K_CLASSES, ADE20KDataModule, SegmentationDataset
 from .embedded import DigitsDataModule, materialize_digits
 from .imagenet import ImageNetDataModule, ImagePathDataset, RobustImageFolder
+from .scenes import DigitScenesDataModule, materialize_digit_scenes
 
-__all__ = ['ImageNetDataModule', 'DigitsDataModule', 'RobustImageFolder', 'ImagePathDataset', 'materialize_digits']
+__all__ = ['ImageNetDataModule', 'DigitsDataModule', 'RobustImageFolder', 'ImagePathDataset', 'materialize_digits',
+           'ADE20KDataModule', 'DigitScenesDataModule', 'SegmentationDataset', 'materialize_digit_scenes',
+           'ADE20K_CLASSES']

@@ -5,13 +5,13 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 __all__ = [
     'IMG_EXTENSIONS', 'is_image_file', 'list_class_dirs', 'has_image_file', 'list_image_files', 'default_data_dir',
-    'materialize_atomically',
+    'materialize_atomically', 'files_by_stem',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -59,6 +59,30 @@ def _walk_images(folder: Path) -> Iterator[str]:
 def list_image_files(folder: Path) -> List[str]:
     """Every image file under ``folder`` (recursive, symlinks followed), as sorted path strings."""
     return sorted(_walk_images(folder))
+
+
+def files_by_stem(folder: Path, accept: Callable[[str], bool]) -> Tuple[Dict[str, str], List[str]]:
+    """The files directly inside ``folder`` (not recursive) whose names ``accept`` takes, keyed by name stem.
+
+    Args:
+        folder: the folder to list (one ``scandir``; symlinks followed).
+        accept: file name → whether to keep it.
+
+    Returns:
+        ``({stem: path}, sorted names whose stem was already taken by another accepted file)``.
+    """
+    by_stem: Dict[str, str] = {}
+    duplicates = []
+    with os.scandir(folder) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            if not accept(entry.name) or not entry.is_file():
+                continue
+            stem = os.path.splitext(entry.name)[0]
+            if stem in by_stem:
+                duplicates.append(entry.name)
+            else:
+                by_stem[stem] = entry.path
+    return by_stem, duplicates
 
 
 def default_data_dir(name: str) -> Path:

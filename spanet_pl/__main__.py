@@ -25,7 +25,10 @@ def main(args=None) -> None:
         if known is None:
             raise
         # The message names what is wrong and where; a traceback would only bury it.
-        print(f'spanet_pl: error: {known}', file=sys.stderr)
+        message = str(known).strip()
+        if 'Original Traceback' in message:  # re-raised from a DataLoader worker: keep the original last line
+            message = message.splitlines()[-1].split(': ', 1)[-1]
+        print(f'spanet_pl: error: {message}', file=sys.stderr)
         sys.exit(2)
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from .callbacks import LastCheckpoint, TopKPredictionWriter
+from .callbacks import LastCheckpoint, PredictionWriter
 
 __all__ = ['SpanetCLI', 'find_last_checkpoint']
 
@@ -69,7 +69,7 @@ class SpanetCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, 'last_checkpoint')
         parser.add_lightning_class_args(LearningRateMonitor, 'lr_monitor')
         parser.set_defaults({'lr_monitor.logging_interval': 'step'})
-        parser.add_lightning_class_args(TopKPredictionWriter, 'prediction_writer')
+        parser.add_lightning_class_args(PredictionWriter, 'prediction_writer')
 
     @override
     def before_instantiate_classes(self) -> None:

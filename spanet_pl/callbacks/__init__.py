@@ -1,4 +1,5 @@
 from .checkpoints import LastCheckpoint
-from .predictions import TopKPredictionWriter
+from .predictions import PredictionWriter
+from .segmentation import SegmentationImageLogger
 
-__all__ = ['LastCheckpoint', 'TopKPredictionWriter']
+__all__ = ['LastCheckpoint', 'PredictionWriter', 'SegmentationImageLogger']

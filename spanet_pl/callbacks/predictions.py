@@ -1,20 +1,27 @@
-"""Writes ``predict`` results to a CSV file: one row per image with its top-k classes and probabilities."""
+"""Writes ``predict`` results: top-k classes per image to a CSV file, or predicted masks as palette PNGs."""
 import csv
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
 from typing_extensions import override
 
-__all__ = ['TopKPredictionWriter']
+__all__ = ['PredictionWriter']
 
 
-class TopKPredictionWriter(BasePredictionWriter):
-    """Streams predictions to ``output`` (default ``<log_dir>/predictions.csv``; ``.rankN`` added under DDP).
+class PredictionWriter(BasePredictionWriter):
+    """Streams what ``predict_step`` returns to disk, batch by batch.
 
-    Expects ``predict_step`` to return a dict with ``indices`` (into ``datamodule.predict_paths``), ``classes`` and
-    ``probs`` (both (B, k)); class indices are written as the datamodule's class names when it has ``classes``.
+    * classification (``indices``, ``classes``, ``probs``): one CSV row per image with its top-k class names and
+      probabilities, in ``output`` (default ``<log_dir>/predictions.csv``);
+    * segmentation (``indices``, ``masks``): one palette PNG per image, named after the image, in ``output``
+      (default ``<log_dir>/predictions/``); pixel values are class indices (255: ignore).
+
+    Indices point into the data module's ``predict_paths``. Under DDP each rank writes its own CSV (``.rankN``).
     """
 
     def __init__(self, output: Optional[str] = None):
@@ -23,37 +30,47 @@ class TopKPredictionWriter(BasePredictionWriter):
         self._file = None
         self._writer = None
 
-    def _path(self, trainer: Trainer) -> str:
-        path = self.output or os.path.join(trainer.log_dir or '.', 'predictions.csv')
-        if trainer.world_size > 1:
-            path = f'{path}.rank{trainer.global_rank}'
-        return path
-
-    @override
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = self._path(trainer)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, 'w', newline='')
-        self._writer = csv.writer(self._file)
-        self.path = path
-
     @override
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
                            batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         datamodule = trainer.datamodule
         paths = getattr(datamodule, 'predict_paths', None)
-        names = getattr(datamodule, 'classes', None)
+        indices = prediction['indices'].tolist()
+        names = [paths[i] if paths is not None else str(i) for i in indices]
+        if 'masks' in prediction:
+            self._write_masks(trainer, names, prediction['masks'], getattr(datamodule, 'palette', None))
+        else:
+            self._write_topk(trainer, names, prediction, getattr(datamodule, 'classes', None))
+
+    def _write_topk(self, trainer: Trainer, names, prediction, class_names) -> None:
         classes, probs = prediction['classes'].tolist(), prediction['probs'].tolist()
-        if self._file.tell() == 0:
-            k = len(classes[0]) if classes else 0
-            header = ['image'] + [f'{kind}{i + 1}' for i in range(k) for kind in ('class', 'prob')]
-            self._writer.writerow(header)
-        for index, top_classes, top_probs in zip(prediction['indices'].tolist(), classes, probs):
-            row = [paths[index] if paths is not None else index]
+        if self._file is None:
+            path = self.output or os.path.join(trainer.log_dir or '.', 'predictions.csv')
+            if trainer.world_size > 1:
+                path = f'{path}.rank{trainer.global_rank}'
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._file = open(path, 'w', newline='')
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(['image'] + [f'{kind}{i + 1}' for i in range(len(classes[0]))
+                                               for kind in ('class', 'prob')])
+        for name, top_classes, top_probs in zip(names, classes, probs):
+            row = [name]
             for c, p in zip(top_classes, top_probs):
-                row += [names[c] if names is not None else c, f'{p:.6f}']
+                row += [class_names[c] if class_names is not None else c, f'{p:.6f}']
             self._writer.writerow(row)
+
+    def _write_masks(self, trainer: Trainer, names, masks, palette) -> None:
+        folder = Path(self.output or os.path.join(trainer.log_dir or '.', 'predictions'))
+        folder.mkdir(parents=True, exist_ok=True)
+        flat_palette = None
+        if palette is not None:
+            flat_palette = [int(v) for colour in palette for v in colour]
+        for name, mask in zip(names, masks.cpu().numpy().astype(np.uint8)):
+            image = Image.frombytes('P', (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
+            if flat_palette is not None:
+                image.putpalette(flat_palette)
+            image.save(folder / f'{Path(name).stem}.png')
 
     @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -1,3 +1,4 @@
 from .classification import ClassificationModule
+from .segmentation import SegmentationModule
 
-__all__ = ['ClassificationModule']
+__all__ = ['ClassificationModule', 'SegmentationModule']

@@ -1,0 +1,330 @@
+"""Semantic segmentation with any registered SPANet-family backbone's ``features_only`` pyramid and a decoder head.
+
+Recipes follow the papers' ADE20K tables (mmsegmentation): Semantic FPN or an FCN-style head, cross-entropy with
+``ignore_index=255``, AdamW with a poly schedule per iteration, mIoU / pixel accuracy over the whole validation set,
+whole-image or sliding-window inference.
+"""
+import difflib
+import logging
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from timm.data import resolve_model_data_config
+from timm.layers import to_2tuple
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from typing_extensions import override
+
+from ..callbacks.segmentation import SegmentationImageLogger
+from ..errors import MissingPathError, UserInputError
+from ..models import ExSPAM, convert_official_state_dict, create_backbone, load_official_checkpoint
+from ..models.heads import HEADS
+from .classification import weight_decay_groups
+
+__all__ = ['SegmentationModule', 'load_backbone_weights', 'slide_inference']
+
+_logger = logging.getLogger(__name__)
+
+# keys of a classification checkpoint that a features_only backbone does not have: classifier and final norm
+_CLASSIFIER_PREFIXES = ('head.', 'norm.')
+
+
+def _read_checkpoint(source: Union[str, os.PathLike, Mapping]) -> Mapping:
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise MissingPathError(f'pretrained checkpoint {path!r} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
+        raise UserInputError(f'pretrained checkpoint {path!r} could not be read as a PyTorch checkpoint: '
+                             f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}') from error
+
+
+def _backbone_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
+    """The backbone's tensors of a Lightning checkpoint, an official checkpoint or a plain state dict."""
+    if not isinstance(checkpoint, Mapping):
+        raise UserInputError(f'a pretrained checkpoint must hold a state dict, got {type(checkpoint).__name__}')
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+            break
+    state = {k.removeprefix('module.'): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith('backbone.') for k in state):  # one of our LightningModules (classification, segmentation)
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    if state and all(k.startswith('model.') for k in state):  # timm's features_only wrapper (FeatureGetterNet)
+        state = {k[len('model.'):]: v for k, v in state.items()}
+    if not state:
+        raise UserInputError('the pretrained checkpoint holds no tensors')
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, source: Union[str, os.PathLike, Mapping]) -> nn.Module:
+    """Load a backbone (a ``features_only`` wrapper or the plain model) from a checkpoint, strictly.
+
+    Args:
+        backbone: built by ``create_backbone(name, features_only=True, ...)`` (or without ``features_only``).
+        source: a path or a mapping: an official SPANet/SPANetV2 checkpoint, one of our Lightning checkpoints
+            (classification or segmentation: the ``backbone.`` tensors are taken), or a state dict in our layout.
+            Classifier and final-norm tensors the pyramid does not have are dropped; every other key must match.
+    Returns:
+        ``backbone``, loaded.
+    """
+    model = getattr(backbone, 'model', backbone)  # FeatureGetterNet keeps the network under .model
+    state = _backbone_state_dict(_read_checkpoint(source))
+    layouts = {m: m.head_layout for m in model.modules() if isinstance(m, ExSPAM)}
+    try:
+        converted = convert_official_state_dict(state, model)
+        own = model.state_dict()
+        dropped = [k for k in converted if k not in own and k.startswith(_CLASSIFIER_PREFIXES)]
+        converted = {k: v for k, v in converted.items() if k not in dropped}
+        load_official_checkpoint(model, converted)
+    except UserInputError as error:
+        for module, head_layout in layouts.items():  # leave the model as it was
+            module.head_layout = head_layout
+        where = f' {os.fspath(source)!r}' if isinstance(source, (str, os.PathLike)) else ''
+        raise UserInputError(f'pretrained checkpoint{where}: {error}') from error
+    _logger.info('backbone: loaded %d tensors, dropped %d classifier tensors (%s)', len(converted), len(dropped),
+                 ', '.join(dropped) or '-')
+    return backbone
+
+
+def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, crop_size: Tuple[int, int],
+                    stride: Tuple[int, int]) -> torch.Tensor:
+    """Logits of overlapping ``crop_size`` windows placed every ``stride`` pixels, averaged where they overlap.
+
+    As mmsegmentation's ``slide_inference``: the last window of a row/column is shifted back to end at the border,
+    and a side shorter than the crop is taken whole (no padding), so an image that fits in one window gives exactly
+    the whole-image logits.
+    """
+    (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
+    batch, _, height, width = images.shape
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    logits = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
+    count = images.new_zeros((1, 1, height, width), dtype=torch.float32)
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
+            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+            logits[:, :, y1:y2, x1:x2] += model(images[:, :, y1:y2, x1:x2]).float()
+            count[:, :, y1:y2, x1:x2] += 1
+    return logits / count
+
+
+class SegmentationModule(LightningModule):
+    """Trains and evaluates a SPANet-family backbone with a segmentation head.
+
+    Args:
+        backbone: registered variant name (``spanet_pl.VARIANTS``); built with ``features_only=True``.
+        num_classes: classes (the CLI links it from the data module); labels are 0..num_classes-1 and ignore_index.
+        head: decoder: 'fpn' (Semantic FPN) or 'fcn' (FCN-style), see ``spanet_pl.models.heads``.
+        head_kwargs: constructor arguments of the head (e.g. ``fpn_channels``, ``channels``, ``in_index``, ``norm``).
+        backbone_kwargs: constructor arguments of the backbone: drop_path_rate, ablation switches, out_indices, ...
+        pretrained: backbone weights: an official SPANet/SPANetV2 checkpoint, one of our classification (or
+            segmentation) Lightning checkpoints, or a state dict in our layout.
+        optimizer: optimizer factory (AdamW in the papers: lr 2e-4, weight_decay 1e-4), applied to backbone + head with
+            norms, biases and spectral filters undecayed.
+        poly_power: exponent of the poly decay ``(1 - t / T) ** poly_power`` per optimizer step.
+        warmup_steps: linear warmup from 0 over this many optimizer steps before the decay.
+        min_lr: floor the poly decay ends at.
+        ignore_index: label of unlabelled pixels (no loss, no metric).
+        inference: 'whole' (one forward at full size) or 'slide' (``crop_size`` windows every ``stride`` pixels) for
+            validation, test and predict.
+        crop_size: sliding-window size (H, W) (an int for square).
+        stride: sliding-window step (H, W); at most ``crop_size`` so that every pixel is covered.
+        num_log_images: validation images logged to TensorBoard as image | ground truth | prediction (0: none).
+    """
+
+    monitor = 'val/mIoU'
+
+    def __init__(
+            self,
+            backbone: str = 'spanet_nano',
+            num_classes: int = 150,
+            head: str = 'fpn',
+            head_kwargs: Optional[Dict[str, Any]] = None,
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            pretrained: Optional[str] = None,
+            optimizer: OptimizerCallable = torch.optim.AdamW,
+            poly_power: float = 0.9,
+            warmup_steps: int = 0,
+            min_lr: float = 0.0,
+            ignore_index: int = 255,
+            inference: str = 'whole',
+            crop_size: Union[int, Tuple[int, int]] = (512, 512),
+            stride: Union[int, Tuple[int, int]] = (341, 341),
+            num_log_images: int = 4,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=['optimizer'])
+        if head not in HEADS:
+            close = difflib.get_close_matches(head, HEADS, n=1)
+            hint = f' (did you mean {close[0]!r}?)' if close else ''
+            raise UserInputError(f'unknown segmentation head {head!r}{hint}; valid names: {", ".join(HEADS)}')
+        if inference not in ('whole', 'slide'):
+            raise UserInputError(f"inference must be 'whole' or 'slide', got {inference!r}")
+        self.crop_size, self.stride = tuple(to_2tuple(crop_size)), tuple(to_2tuple(stride))
+        if (len(self.crop_size) != 2 or len(self.stride) != 2 or min(self.stride) < 1
+                or any(s > c for s, c in zip(self.stride, self.crop_size))):
+            raise UserInputError(f'sliding window needs 1 <= stride <= crop_size per side, got crop_size '
+                                 f'{self.crop_size} and stride {self.stride}')
+        if num_classes < 1 or 0 <= ignore_index < num_classes:
+            raise UserInputError(f'need num_classes >= 1 and ignore_index outside 0..num_classes-1, got '
+                                 f'num_classes={num_classes}, ignore_index={ignore_index}')
+        kwargs = dict(backbone_kwargs or {})
+        clash = sorted(set(kwargs) & {'features_only', 'num_classes', 'pretrained', 'official_checkpoint'})
+        if clash:
+            raise UserInputError(f'backbone_kwargs may not set {", ".join(clash)}: the segmentation task sets them '
+                                 '(weights go in `pretrained`)')
+        self.backbone = create_backbone(backbone, features_only=True, **kwargs)
+        if pretrained:
+            load_backbone_weights(self.backbone, pretrained)
+        try:
+            self.head = HEADS[head](self.backbone.feature_info.channels(), num_classes, **(head_kwargs or {}))
+        except TypeError as error:
+            raise UserInputError(f'head_kwargs for {head!r} ({HEADS[head].__name__}): {error}') from error
+        self.optimizer_factory = optimizer
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        metrics = MetricCollection({
+            'mIoU': MulticlassJaccardIndex(num_classes, ignore_index=ignore_index, average='macro',
+                                           validate_args=False),
+            'aAcc': MulticlassAccuracy(num_classes, ignore_index=ignore_index, average='micro', validate_args=False),
+            'mAcc': MulticlassAccuracy(num_classes, ignore_index=ignore_index, average='macro', validate_args=False),
+        })
+        self.val_metrics = metrics.clone(prefix='val/')
+        self.test_metrics = metrics.clone(prefix='test/')
+
+    @property
+    def data_config(self) -> Dict[str, Any]:
+        """Mean, std and interpolation of the backbone (read by the data modules)."""
+        return resolve_model_data_config(self.backbone)
+
+    def no_weight_decay(self) -> set:
+        """Names (in this module) of the backbone's undecayed tensors, e.g. SPANetV2's spectral filters."""
+        model = getattr(self.backbone, 'model', self.backbone)
+        prefix = 'backbone.model.' if model is not self.backbone else 'backbone.'
+        skip = model.no_weight_decay() if hasattr(model, 'no_weight_decay') else ()
+        return {prefix + name for name in skip}
+
+    @override
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # the ExSPAM channel order an official SPANetV2 checkpoint set is not a tensor: keep it with the weights, so
+        # that a reloaded model computes what it was trained with even without its `pretrained` file
+        checkpoint['exspam_head_layouts'] = {
+            name: m.head_layout for name, m in self.named_modules() if isinstance(m, ExSPAM)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        layouts = checkpoint.get('exspam_head_layouts', {})
+        for name, module in self.named_modules():
+            if isinstance(module, ExSPAM) and name in layouts:
+                module.head_layout = layouts[name]
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) at the input's resolution."""
+        logits = self.head(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+
+    def inference(self, images: torch.Tensor, mode: Optional[str] = None) -> torch.Tensor:
+        """Full-resolution logits by the configured (or the given) mode, 'whole' or 'slide'."""
+        mode = mode or self.hparams.inference
+        if mode == 'whole':
+            return self(images)
+        if mode == 'slide':
+            return slide_inference(self, images, self.num_classes, self.crop_size, self.stride)
+        raise UserInputError(f"inference must be 'whole' or 'slide', got {mode!r}")
+
+    def _check_batch(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        if (images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]
+                or images.shape[-2:] != masks.shape[-2:]):
+            raise UserInputError(f'expected images (B, C, H, W) and masks (B, H, W) of the same size, got images '
+                                 f'{tuple(images.shape)} and masks {tuple(masks.shape)}')
+        if masks.dtype.is_floating_point or masks.dtype == torch.bool:
+            raise UserInputError(f'masks must hold integer class indices, got {masks.dtype}')
+        invalid = (masks < 0) | ((masks >= self.num_classes) & (masks != self.ignore_index))
+        if invalid.any():
+            values = masks[invalid].unique()[:8].tolist()
+            raise UserInputError(
+                f'mask labels {values} are outside 0..{self.num_classes - 1} and not ignore_index '
+                f'{self.ignore_index}: check num_classes and the label mapping (ADE20K: reduce_zero_label)')
+
+    def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # the mean over labelled pixels; a batch without any (a crop of unlabelled "other") gives 0, not 0/0
+        labelled = (masks != self.ignore_index).sum().clamp(min=1)
+        return F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction='sum') / labelled
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        self._check_batch(images, masks)
+        loss = self._loss(self(images), masks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f'non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, '
+                f'batch {batch_idx}): lower the learning rate, enable gradient clipping or check the inputs')
+        self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> Dict[str, torch.Tensor]:
+        images, masks = batch
+        self._check_batch(images, masks)
+        logits = self.inference(images)
+        self.log(f'{stage}/loss', self._loss(logits, masks), sync_dist=True, batch_size=images.shape[0])
+        preds = logits.argmax(dim=1)
+        metrics = self.val_metrics if stage == 'val' else self.test_metrics
+        metrics.update(preds, masks)
+        self.log_dict(metrics, prog_bar=stage == 'val', batch_size=images.shape[0])
+        return {'preds': preds}
+
+    @override
+    def validation_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._eval_step(batch, 'val')
+
+    @override
+    def test_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._eval_step(batch, 'test')
+
+    @override
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, torch.Tensor]:
+        """``{'indices': (B,), 'masks': (B, H, W) int64 class indices}``."""
+        images, indices = batch
+        return {'indices': indices, 'masks': self.inference(images).argmax(dim=1)}
+
+    @override
+    def configure_callbacks(self) -> List:
+        n = self.hparams.num_log_images
+        return [SegmentationImageLogger(num_images=n)] if n > 0 else []
+
+    @override
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(weight_decay_groups(self))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise UserInputError('the poly schedule needs a finite length: set trainer.max_steps or max_epochs')
+        total, warmup, power = max(int(total), 1), self.hparams.warmup_steps, self.hparams.poly_power
+        warmup = min(max(warmup, 0), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(1.0 - (step - warmup) / max(total - warmup, 1), 0.0) ** power
+
+        def decay_to(floor: float):
+            return lambda step: floor + (1.0 - floor) * factor(step)
+
+        lambdas = [decay_to(min(self.hparams.min_lr / g['lr'], 1.0) if g['lr'] > 0 else 0.0)
+                   for g in optimizer.param_groups]
+        _logger.info('optimizer %s: lr %.3g, poly(%.2f) over %d steps after %d warmup, floor %.3g',
+                     type(optimizer).__name__, optimizer.param_groups[0]['lr'], power, total, warmup,
+                     self.hparams.min_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
