@@ -293,8 +293,8 @@ def test_bad_configuration():
         SegmentationModule(head='fcn', head_kwargs={'fpn_channels': 64})
     with pytest.raises(UserInputError, match="inference must be 'whole' or 'slide'"):
         SegmentationModule(inference='sliding')
-    with pytest.raises(UserInputError, match='stride <= crop_size'):
-        SegmentationModule(crop_size=256, stride=(341, 341))
+    with pytest.raises(UserInputError, match='window_stride <= window'):
+        SegmentationModule(window=256, window_stride=(341, 341))
     with pytest.raises(UserInputError, match='backbone_kwargs may not set features_only'):
         SegmentationModule(backbone_kwargs={'features_only': False})
     with pytest.raises(UserInputError, match='ignore_index outside'):

@@ -136,10 +136,11 @@ class SegmentationModule(LightningModule):
         warmup_steps: linear warmup from 0 over this many optimizer steps before the decay.
         min_lr: floor the poly decay ends at.
         ignore_index: label of unlabelled pixels (no loss, no metric).
-        inference: 'whole' (one forward at full size) or 'slide' (``crop_size`` windows every ``stride`` pixels) for
+        inference: 'whole' (one forward at full size) or 'slide' (``window`` windows every ``window_stride`` pixels) for
             validation, test and predict.
-        crop_size: sliding-window size (H, W) (an int for square).
-        stride: sliding-window step (H, W); at most ``crop_size`` so that every pixel is covered.
+        window: sliding-window size (H, W) (an int for square); named apart from the data's ``crop_size`` because
+            Lightning merges both modules' hyper-parameters.
+        window_stride: sliding-window step (H, W); at most ``window`` so that every pixel is covered.
         num_log_images: validation images logged to TensorBoard as image | ground truth | prediction (0: none).
     """
 
@@ -159,8 +160,8 @@ class SegmentationModule(LightningModule):
             min_lr: float = 0.0,
             ignore_index: int = 255,
             inference: str = 'whole',
-            crop_size: Union[int, Tuple[int, int]] = (512, 512),
-            stride: Union[int, Tuple[int, int]] = (341, 341),
+            window: Union[int, Tuple[int, int]] = (512, 512),
+            window_stride: Union[int, Tuple[int, int]] = (341, 341),
             num_log_images: int = 4,
     ):
         super().__init__()
@@ -171,11 +172,11 @@ class SegmentationModule(LightningModule):
             raise UserInputError(f'unknown segmentation head {head!r}{hint}; valid names: {", ".join(HEADS)}')
         if inference not in ('whole', 'slide'):
             raise UserInputError(f"inference must be 'whole' or 'slide', got {inference!r}")
-        self.crop_size, self.stride = tuple(to_2tuple(crop_size)), tuple(to_2tuple(stride))
+        self.crop_size, self.stride = tuple(to_2tuple(window)), tuple(to_2tuple(window_stride))
         if (len(self.crop_size) != 2 or len(self.stride) != 2 or min(self.stride) < 1
                 or any(s > c for s, c in zip(self.stride, self.crop_size))):
-            raise UserInputError(f'sliding window needs 1 <= stride <= crop_size per side, got crop_size '
-                                 f'{self.crop_size} and stride {self.stride}')
+            raise UserInputError(f'sliding window needs 1 <= window_stride <= window per side, got window '
+                                 f'{self.crop_size} and window_stride {self.stride}')
         if num_classes < 1 or 0 <= ignore_index < num_classes:
             raise UserInputError(f'need num_classes >= 1 and ignore_index outside 0..num_classes-1, got '
                                  f'num_classes={num_classes}, ignore_index={ignore_index}')
