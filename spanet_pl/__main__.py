@@ -16,10 +16,20 @@ def user_facing_error(err: BaseException) -> Optional[BaseException]:
     return None
 
 
+def _close_process_group() -> None:
+    """Shut DDP's process group down before the interpreter exits: a gloo group left open can abort the process
+    at exit ("terminate called without an active exception") after a run that otherwise succeeded."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(args=None) -> None:
     from .cli import SpanetCLI
     try:
         SpanetCLI(args=args)
+        _close_process_group()
     except Exception as err:
         known = user_facing_error(err)
         if known is None:

@@ -236,3 +236,17 @@ def test_corrupt_image_is_skipped(tmp_path, capsys, image_tree, caplog):
     config = write_config(tmp_path, image_tree, **{'trainer.max_epochs': 1})
     assert run_main(['fit', '--config', str(config)]) == 0
     assert 'broken.png' in caplog.text
+
+
+def test_ema_is_evaluated_alongside(tmp_path, image_tree):
+    config = write_config(tmp_path, image_tree, **{'model.init_args.ema_decay': 0.5, 'trainer.max_epochs': 1})
+    assert run_main(['fit', '--config', str(config)]) == 0
+    run = tmp_path / 'logs' / 'run' / 'version_0'
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    scalars = EventAccumulator(str(run)).Reload().Tags()['scalars']
+    assert 'val/acc1' in scalars and 'val/ema_acc1' in scalars
+    state = torch.load(run / 'checkpoints' / 'last.ckpt', weights_only=False)['state_dict']
+    ema = {k[len('ema.module.'):]: v for k, v in state.items() if k.startswith('ema.module.')}
+    live = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    assert ema.keys() == live.keys()
+    assert any(not torch.equal(ema[k], live[k]) for k in live)  # an average, not a copy

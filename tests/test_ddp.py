@@ -71,15 +71,23 @@ def write_config(tmp_path, root) -> Path:
     return path
 
 
-def fit(tmp_path, config, name, devices, batch_size) -> subprocess.Popen:
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def fit(tmp_path, config, name, devices, batch_size, port) -> subprocess.Popen:
     cmd = [sys.executable, '-m', 'spanet_pl', 'fit', '--config', str(config),
            '--config', str(REPO / 'cli_configs' / 'trainer' / 'cpu_ddp_gloo.yaml'),
            '--trainer.devices', str(devices), '--data.init_args.batch_size', str(batch_size),
            '--trainer.logger.init_args.save_dir', str(tmp_path / 'logs'),
            '--trainer.logger.init_args.name', name]
-    log = open(tmp_path / f'{name}.log', 'w')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}  # the two runs (three processes) share the machine's cores
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # the two runs (three processes) share the machine's cores; each run its own rendezvous port
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
+    with open(tmp_path / f'{name}.log', 'w') as log:
+        return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def evaluate(checkpoint: Path, root: Path):
@@ -99,17 +107,25 @@ def evaluate(checkpoint: Path, root: Path):
 
 def test_two_process_ddp_matches_one_process(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree)
-    runs = {'one': fit(tmp_path, config, 'one', devices=1, batch_size=8),
-            'two': fit(tmp_path, config, 'two', devices=2, batch_size=4)}
-    for name, proc in runs.items():
-        assert proc.wait(timeout=300) == 0, (tmp_path / f'{name}.log').read_text()[-3000:]
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    runs = {'one': fit(tmp_path, config, 'one', devices=1, batch_size=8, port=ports[0]),
+            'two': fit(tmp_path, config, 'two', devices=2, batch_size=4, port=ports[1])}
+    try:
+        for name, proc in runs.items():
+            assert proc.wait(timeout=300) == 0, (tmp_path / f'{name}.log').read_text()[-3000:]
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()  # Lightning's launcher kills its rank-1 child when the parent dies
     assert 'distributed_backend=gloo' in (tmp_path / 'two.log').read_text()
 
     results = {}
     for name in runs:
         last = tmp_path / 'logs' / name / 'version_0' / 'checkpoints' / 'last.ckpt'
         state = torch.load(last, map_location='cpu', weights_only=False)
-        assert state['global_step'] == 12  # 48 images / effective batch 8, two epochs, in both runs
+        assert state['global_step'] == 12, name  # 48 images / effective batch 8, two epochs, in both runs
         loss, acc, model = evaluate(last, image_tree)
         results[name] = dict(loss=loss, acc=acc, best=read_best(last), params=torch.nn.utils.parameters_to_vector(
             model.backbone.parameters()))
@@ -117,7 +133,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, image_tree):
     drift = ((one['params'] - two['params']).norm() / one['params'].norm()).item()
     assert drift < WEIGHT_RTOL, f'weights differ by {drift:.2e} (relative L2)'
     assert abs(one['loss'] - two['loss']) < LOSS_ATOL, (one['loss'], two['loss'])
-    assert one['acc'] == two['acc']
+    assert one['acc'] == two['acc'], (one['acc'], two['acc'])
     assert one['best'][1] == two['best'][1] == 'val/acc1'
-    assert one['best'][0] == pytest.approx(two['best'][0], abs=1e-6)
+    assert one['best'][0] == pytest.approx(two['best'][0], abs=1e-6), (one['best'], two['best'])
     assert one['loss'] < 1.0, f'the runs did not learn (val loss {one["loss"]:.3f}): the comparison would be vacuous'
