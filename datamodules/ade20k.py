@@ -13,10 +13,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -24,6 +23,7 @@ from typing_extensions import override
 
 from spanet_pl.errors import MissingPathError, UserInputError
 
+from ._base import SplitDataModule
 from ._files import files_by_stem, is_image_file
 from .imagenet import ImagePathDataset, _RobustLoading
 
@@ -418,7 +418,7 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, Any]], ignore_index: int = I
     return images, default_collate(seconds)
 
 
-class ADE20KDataModule(LightningDataModule):
+class ADE20KDataModule(SplitDataModule):
     """ADE20K (or any data set in its layout) for semantic segmentation, mmseg's ADE20K recipe.
 
     The layout and the image/annotation pairing are checked in ``__init__`` (before any logger writes). Sizes and label
@@ -450,6 +450,8 @@ class ADE20KDataModule(LightningDataModule):
         std: normalisation standard deviation.
         class_names: one name per class; default ADE20K's names when ``num_classes == 150``, else ``class_<i>``.
     """
+
+    collate_fn = staticmethod(pad_collate)  # mixed-size eval batches are padded (mask 255)
 
     def __init__(
             self,
@@ -564,38 +566,4 @@ class ADE20KDataModule(LightningDataModule):
         if stage in (None, 'predict') and self.predict_dataset is None:
             self.predict_paths = [image for image, _ in self.pairs['val']]
             self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,  # a last batch of one breaks BatchNorm in the decoder
-            num_workers=self.num_workers,
-            collate_fn=pad_collate,
-            pin_memory=self.pin_memory and torch.accelerator.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup('fit')
-        return self._loader(self.train_dataset, self.batch_size, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup('validate')
-        return self._loader(self.val_dataset, self.eval_batch_size)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_dataset is None:
-            self.setup('predict')
-        return self._loader(self.predict_dataset, self.eval_batch_size)
 

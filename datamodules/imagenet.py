@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 from typing_extensions import override
 
 from spanet_pl.errors import MissingPathError, UserInputError
 
+from ._base import SplitDataModule
 from ._files import IMG_EXTENSIONS, has_image_file, list_class_dirs, list_image_files
 
 __all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset']
@@ -194,7 +194,7 @@ def scan_image_folder_layout(root: Path) -> List[str]:
     return train
 
 
-class ImageNetDataModule(LightningDataModule):
+class ImageNetDataModule(SplitDataModule):
     """ImageNet-style classification data with timm's training recipe (RandAugment, RandomErasing, Mixup/CutMix).
 
     The folder layout is checked in ``__init__``, so a bad path fails before any log or checkpoint folder is made.
@@ -374,39 +374,6 @@ class ImageNetDataModule(LightningDataModule):
                     raise UserInputError(f'predict_root {self.predict_root} holds no image file '
                                      f'({"/".join(IMG_EXTENSIONS)})')
             self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,  # Mixup mixes a batch with its reverse: every batch must be full (even) size
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.accelerator.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup('fit')
-        return self._loader(self.train_dataset, self.batch_size, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup('validate')
-        return self._loader(self.val_dataset, self.eval_batch_size)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_dataset is None:
-            self.setup('predict')
-        return self._loader(self.predict_dataset, self.eval_batch_size)
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -16,6 +16,7 @@ training (synchronised across the two ranks in DDP) agrees exactly as well. A br
 of mean, a rank training on its own) or a wrong sampler split moves the weights by orders of magnitude more.
 """
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,8 @@ def fit(tmp_path, config, name, devices, batch_size, port) -> subprocess.Popen:
     # the two runs (three processes) share the machine's cores; each run its own rendezvous port
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
     with open(tmp_path / f'{name}.log', 'w') as log:
-        return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # its own process group: rank 1 included
 
 
 def evaluate(checkpoint: Path, root: Path):
@@ -118,7 +120,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, image_tree):
     finally:
         for proc in runs.values():
             if proc.poll() is None:
-                proc.kill()  # Lightning's launcher kills its rank-1 child when the parent dies
+                os.killpg(proc.pid, signal.SIGKILL)
     assert 'distributed_backend=gloo' in (tmp_path / 'two.log').read_text()
 
     results = {}
