@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from spanet_pl.__main__ import main
+
+from conftest import colour_image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('blue', 'green', 'red')
@@ -22,17 +22,7 @@ CLASSES = ('blue', 'green', 'red')
 @pytest.fixture
 def image_tree(tmp_path):
     """A real ImageFolder tree whose classes differ in colour, so a nano model learns it in a few steps."""
-    root = tmp_path / 'data'
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 8), ('val', 4)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 80, (36, 36, 3))
-                pixels[..., 2 - c] += 150
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{name}_{i}.png')
-    return root
+    return colour_image_tree(tmp_path / 'data', CLASSES, (8, 4))
 
 
 def write_config(tmp_path, root, **overrides) -> Path:

@@ -21,15 +21,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 
 import spanet_pl  # noqa: F401
 from spanet_pl.grid import read_best
+
+from conftest import colour_image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('blue', 'green', 'red')
@@ -40,17 +40,7 @@ LOSS_ATOL = 1e-4
 @pytest.fixture
 def image_tree(tmp_path):
     """48 training images (six steps of 8) and 24 validation images in three colour classes, with noise."""
-    root = tmp_path / 'data'
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 16), ('val', 8)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 140, (36, 36, 3))
-                pixels[..., 2 - c] += 90
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{name}_{i}.png')
-    return root
+    return colour_image_tree(tmp_path / 'data', CLASSES, (16, 8), noise=140, boost=90)
 
 
 def write_config(tmp_path, root) -> Path:

@@ -4,12 +4,12 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from spanet_pl.grid import load_grid, main
+
+from conftest import colour_image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('blue', 'red')
@@ -20,17 +20,7 @@ LR = 'model.init_args.optimizer.init_args.lr'
 @pytest.fixture
 def image_tree(tmp_path):
     """A real ImageFolder tree whose two classes differ in colour: 8 training images (two batches of 4), 4 val."""
-    root = tmp_path / 'data'
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 4), ('val', 2)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 80, (36, 36, 3))
-                pixels[..., 2 * (1 - c)] += 150
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{name}_{i}.png')
-    return root
+    return colour_image_tree(tmp_path / 'data', CLASSES, (4, 2))
 
 
 @pytest.fixture
