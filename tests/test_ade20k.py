@@ -340,7 +340,7 @@ def test_digit_scenes_layout(scenes_root):
             assert len(names) == count and all(n.endswith(ext) for n in names)
     image = Image.open(base / 'images/training/ADE_train_00000001.jpg')
     annotation = Image.open(base / 'annotations/training/ADE_train_00000001.png')
-    assert image.size == annotation.size == (96, 96) and image.mode == 'RGB' and annotation.mode == 'L'
+    assert image.size == annotation.size == (64, 64) and image.mode == 'RGB' and annotation.mode == 'L'
     manifest = json.loads((scenes_root / 'digit_scenes_manifest.json').read_text())
     assert manifest['counts'] == {'train': 600, 'val': 120} and manifest['classes'][0] == 'background'
     for split in ('train', 'val'):
@@ -381,9 +381,9 @@ def test_digit_scenes_datamodule(scenes_root, monkeypatch):
     dm.setup('fit')
     assert len(dm.train_dataset) == 600 and len(dm.val_dataset) == 120
     images, masks = next(iter(dm.train_dataloader()))
-    assert images.shape == (16, 3, 96, 96) and images.dtype == torch.float32
-    assert masks.shape == (16, 96, 96) and masks.dtype == torch.int64
+    assert images.shape == (16, 3, 64, 64) and images.dtype == torch.float32
+    assert masks.shape == (16, 64, 64) and masks.dtype == torch.int64
     assert set(masks.unique().tolist()) <= set(range(11)) | {IGNORE_INDEX}
     images, masks = next(iter(dm.val_dataloader()))
-    assert images.shape == (16, 3, 96, 96) and masks.shape == (16, 96, 96)
+    assert images.shape == (16, 3, 64, 64) and masks.shape == (16, 64, 64)
     assert (masks == 0).float().mean() > 0.6 and ((masks > 0) & (masks < 11)).any()
