@@ -9,9 +9,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from spanet_pl.errors import MissingPathError, UserInputError
+
 __all__ = [
     'IMG_EXTENSIONS', 'is_image_file', 'list_class_dirs', 'has_image_file', 'list_image_files', 'default_data_dir',
-    'materialize_atomically', 'files_by_stem',
+    'materialize_atomically', 'files_by_stem', 'predict_folder', 'predict_images',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -59,6 +61,24 @@ def _walk_images(folder: Path) -> Iterator[str]:
 def list_image_files(folder: Path) -> List[str]:
     """Every image file under ``folder`` (recursive, symlinks followed), as sorted path strings."""
     return sorted(_walk_images(folder))
+
+
+def predict_folder(predict_root: Optional[str]) -> Optional[Path]:
+    """``predict_root`` as a checked ``Path`` (None stays None); raises ``MissingPathError`` if it is no folder."""
+    if not predict_root:
+        return None
+    path = Path(predict_root).expanduser()
+    if not path.is_dir():
+        raise MissingPathError(f'predict_root {path} does not exist or is not a folder')
+    return path
+
+
+def predict_images(predict_root: Path) -> List[str]:
+    """Every image under ``predict_root`` (recursive, sorted); raises ``UserInputError`` if there is none."""
+    paths = list_image_files(predict_root)
+    if not paths:
+        raise UserInputError(f'predict_root {predict_root} holds no image file ({"/".join(IMG_EXTENSIONS)})')
+    return paths
 
 
 def files_by_stem(folder: Path, accept: Callable[[str], bool]) -> Tuple[Dict[str, str], List[str]]:

@@ -24,7 +24,7 @@ from typing_extensions import override
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from ._base import SplitDataModule
-from ._files import files_by_stem, is_image_file
+from ._files import files_by_stem, is_image_file, predict_folder, predict_images
 from .imagenet import ImagePathDataset, _RobustLoading
 
 __all__ = [
@@ -400,6 +400,20 @@ class SegmentationDataset(_RobustLoading, Dataset):
         return self.transform(image, mask)
 
 
+class SegmentationPredictDataset(ImagePathDataset):
+    """Images to segment, served as ``(image, {'index', 'size', 'input_size'})``: ``index`` points into ``paths``,
+    ``size`` is the file's ``(H, W)`` and ``input_size`` the transformed image's, so that predictions can be cropped
+    out of a padded batch and resized back to the original image (as mmseg evaluates)."""
+
+    @override
+    def __getitem__(self, index: int) -> Tuple[Any, Dict[str, Any]]:
+        index, image = self._load(index)
+        size = torch.tensor((image.height, image.width))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, {'index': index, 'size': size, 'input_size': torch.tensor(tuple(image.shape[-2:]))}
+
+
 def pad_collate(batch: Sequence[Tuple[torch.Tensor, Any]], ignore_index: int = IGNORE_INDEX):
     """``default_collate``, padding images of different sizes at the bottom/right to the largest: images with 0,
     int64 masks with ``ignore_index`` (a non-tensor second element, e.g. a predict index, is collated as is)."""
@@ -427,8 +441,10 @@ class ADE20KDataModule(SplitDataModule):
     Train batches: ``(float32 (B, 3, crop_h, crop_w), int64 (B, crop_h, crop_w))``, ignored pixels (unlabelled and
     crop padding) ``255``. Val/test batches: ``(float32 (B, 3, H, W), int64 (B, H, W))`` resized with
     ``rescale_size(., scale)`` (short side 512 for ADE20K), masks nearest; with ``eval_batch_size > 1`` images of
-    different sizes are padded at the bottom/right (image 0, mask 255). Predict batches: ``(images, indices)`` over the
-    validation images, the indices pointing into ``predict_paths``.
+    different sizes are padded at the bottom/right (image 0, mask 255). Predict batches: ``(images, meta)`` over the
+    validation images (or ``predict_root``'s), ``meta`` holding ``index`` (into ``predict_paths``), the original
+    ``size`` and the ``input_size`` of every image (``SegmentationPredictDataset``), so that predicted masks are
+    written at the original size.
 
     Args:
         root: ``ADEChallengeData2016`` or its parent.
@@ -449,6 +465,7 @@ class ADE20KDataModule(SplitDataModule):
         mean: normalisation mean (images in ``[0, 1]``).
         std: normalisation standard deviation.
         class_names: one name per class; default ADE20K's names when ``num_classes == 150``, else ``class_<i>``.
+        predict_root: folder whose images (recursive) ``predict`` segments; default the validation images.
     """
 
     collate_fn = staticmethod(pad_collate)  # mixed-size eval batches are padded (mask 255)
@@ -472,6 +489,7 @@ class ADE20KDataModule(SplitDataModule):
             mean: Tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
             std: Tuple[float, float, float] = IMAGENET_DEFAULT_STD,
             class_names: Optional[Sequence[str]] = None,
+            predict_root: Optional[str] = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -491,6 +509,7 @@ class ADE20KDataModule(SplitDataModule):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.ignore_index = IGNORE_INDEX
+        self.predict_root = predict_folder(predict_root)
         self._check_arguments()
         if class_names is not None:
             self.classes = [str(name) for name in class_names]
@@ -510,7 +529,7 @@ class ADE20KDataModule(SplitDataModule):
         self.train_transform, self.eval_transform = self._build_transforms()
         self.train_dataset: Optional[SegmentationDataset] = None
         self.val_dataset: Optional[SegmentationDataset] = None
-        self.predict_dataset: Optional[ImagePathDataset] = None
+        self.predict_dataset: Optional[SegmentationPredictDataset] = None
         self.predict_paths: Optional[List[str]] = None
 
     def _check_arguments(self) -> None:
@@ -564,6 +583,9 @@ class ADE20KDataModule(SplitDataModule):
         if stage in (None, 'fit', 'validate', 'test') and self.val_dataset is None:
             self.val_dataset = self._dataset('val', self.eval_transform)
         if stage in (None, 'predict') and self.predict_dataset is None:
-            self.predict_paths = [image for image, _ in self.pairs['val']]
-            self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
+            if self.predict_root is None:
+                self.predict_paths = [image for image, _ in self.pairs['val']]
+            else:
+                self.predict_paths = predict_images(self.predict_root)
+            self.predict_dataset = SegmentationPredictDataset(self.predict_paths, transform=self.eval_transform)
 

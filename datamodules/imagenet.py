@@ -19,7 +19,7 @@ from typing_extensions import override
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from ._base import SplitDataModule
-from ._files import IMG_EXTENSIONS, has_image_file, list_class_dirs, list_image_files
+from ._files import IMG_EXTENSIONS, has_image_file, list_class_dirs, predict_folder, predict_images
 
 __all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset']
 
@@ -272,7 +272,7 @@ class ImageNetDataModule(SplitDataModule):
         self.scale = tuple(scale)
         self.color_jitter = color_jitter
         self.label_smoothing = label_smoothing
-        self.predict_root = Path(predict_root).expanduser() if predict_root else None
+        self.predict_root = predict_folder(predict_root)
 
         self.classes = scan_image_folder_layout(self.root)
         self.num_classes = len(self.classes)
@@ -307,8 +307,6 @@ class ImageNetDataModule(SplitDataModule):
             raise UserInputError(f'interpolation={self.interpolation!r} is not one of {", ".join(INTERPOLATIONS)}')
         if not 0 < self.scale[0] <= self.scale[1]:
             raise UserInputError(f'scale={self.scale} must be (min, max) with 0 < min <= max')
-        if self.predict_root is not None and not self.predict_root.is_dir():
-            raise MissingPathError(f'predict_root {self.predict_root} does not exist or is not a folder')
 
     def _model_data_config(self) -> Optional[Mapping[str, Any]]:
         module = getattr(self.trainer, 'lightning_module', None) if self.trainer is not None else None
@@ -369,10 +367,7 @@ class ImageNetDataModule(SplitDataModule):
             if self.predict_root is None:
                 self.predict_paths = [path for path, _ in self._split('val', None).samples]
             else:
-                self.predict_paths = list_image_files(self.predict_root)
-                if not self.predict_paths:
-                    raise UserInputError(f'predict_root {self.predict_root} holds no image file '
-                                     f'({"/".join(IMG_EXTENSIONS)})')
+                self.predict_paths = predict_images(self.predict_root)
             self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
 
     @override

@@ -18,7 +18,8 @@ class PredictionWriter(BasePredictionWriter):
 
     * classification (``indices``, ``classes``, ``probs``): one CSV row per image with its top-k class names and
       probabilities, in ``output`` (default ``<log_dir>/predictions.csv``);
-    * segmentation (``indices``, ``masks``): one palette PNG per image, named after the image, in ``output``
+    * segmentation (``indices``, ``masks``, a tensor or a list of masks): one palette PNG per image, named after the
+      image, in ``output``
       (default ``<log_dir>/predictions/``); pixel values are class indices (255: ignore).
 
     Indices point into the data module's ``predict_paths``. Under DDP each rank writes its own CSV (``.rankN``).
@@ -66,7 +67,8 @@ class PredictionWriter(BasePredictionWriter):
         flat_palette = None
         if palette is not None:
             flat_palette = [int(v) for colour in palette for v in colour]
-        for name, mask in zip(names, masks.cpu().numpy().astype(np.uint8)):
+        for name, mask in zip(names, masks):  # a (B, H, W) tensor or a list of (H, W) masks of different sizes
+            mask = mask.cpu().numpy().astype(np.uint8)
             image = Image.frombytes('P', (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
             if flat_palette is not None:
                 image.putpalette(flat_palette)

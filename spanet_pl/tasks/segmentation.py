@@ -295,10 +295,24 @@ class SegmentationModule(LightningModule):
         return self._eval_step(batch, 'test')
 
     @override
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, torch.Tensor]:
-        """``{'indices': (B,), 'masks': (B, H, W) int64 class indices}``."""
-        images, indices = batch
-        return {'indices': indices, 'masks': self.inference(images).argmax(dim=1)}
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
+        """``{'indices': (B,), 'masks': B x (H, W) int64 class indices}``.
+
+        ``batch`` is ``(images, indices)`` (masks at the input size) or, from ``ADE20KDataModule``, ``(images, meta)``
+        with per-image ``index``, original ``size`` and ``input_size``: each image's logits are cropped out of the
+        padded batch and resized bilinearly to the original size before the argmax, as mmseg predicts.
+        """
+        images, meta = batch
+        logits = self.inference(images)
+        if not isinstance(meta, Mapping):
+            return {'indices': meta, 'masks': logits.argmax(dim=1)}
+        masks = []
+        for row, (size, input_size) in zip(logits, zip(meta['size'].tolist(), meta['input_size'].tolist())):
+            row = row[None, :, :input_size[0], :input_size[1]]
+            if tuple(size) != tuple(input_size):
+                row = F.interpolate(row, size=size, mode='bilinear', align_corners=False)
+            masks.append(row.argmax(dim=1)[0])
+        return {'indices': meta['index'], 'masks': masks}
 
     @override
     def configure_callbacks(self) -> List:
