@@ -25,11 +25,14 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def main(args=None) -> None:
+def main(args=None):
+    """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the ``SpanetCLI`` (its ``trainer`` holds the
+    run's ``callback_metrics``); bad input exits with status 2 and one ``spanet_pl: error:`` line on stderr."""
     from .cli import SpanetCLI
     try:
-        SpanetCLI(args=args)
+        cli = SpanetCLI(args=args)
         _close_process_group()
+        return cli
     except Exception as err:
         known = user_facing_error(err)
         if known is None:

@@ -36,3 +36,39 @@ def colour_image_tree(root, classes, counts, noise: int = 80, boost: int = 150):
                 pixels[..., COLOUR_CHANNEL[name]] += boost
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{name}_{i}.png')
     return root
+
+
+ADE_W, ADE_H = 48, 36
+# Raw ADE20K-style annotation value → RGB painted under it: 1..3 are classes 0..2 after reduce_zero_label, 0 ignored.
+ADE_COLOURS = {0: (20, 230, 20), 1: (128, 128, 128), 2: (230, 20, 20), 3: (20, 20, 230)}
+
+
+def ade20k_scene(width: int = ADE_W, height: int = ADE_H):
+    """``(uint8 RGB image, uint8 raw labels)``: an ignored strip on top, background 1, a red square of 2 on the left,
+    a blue one of 3 on the right, one 255 pixel in the bottom-right corner."""
+    import numpy as np
+    labels = np.ones((height, width), dtype=np.uint8)
+    labels[:3] = 0
+    labels[8:24, 4:20] = 2
+    labels[14:30, 28:44] = 3
+    labels[height - 1, width - 1] = 255
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    for value, colour in ADE_COLOURS.items():
+        image[labels == value] = colour
+    image[labels == 255] = (0, 0, 0)
+    return image, labels
+
+
+def write_ade20k_pair(base, split: str, name: str, size=(ADE_W, ADE_H), image=None, labels=None):
+    """Write ``base/images/<split>/<name>.jpg`` and, unless ``labels`` is None while ``image`` is given,
+    ``base/annotations/<split>/<name>.png``; return the image path."""
+    from PIL import Image
+    if image is None:
+        image, labels = ade20k_scene(*size)
+    (base / 'images' / split).mkdir(parents=True, exist_ok=True)
+    (base / 'annotations' / split).mkdir(parents=True, exist_ok=True)
+    path = base / 'images' / split / f'{name}.jpg'
+    Image.fromarray(image).save(path, quality=95)
+    if labels is not None:
+        Image.fromarray(labels, mode='L').save(base / 'annotations' / split / f'{name}.png')
+    return path

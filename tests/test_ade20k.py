@@ -15,9 +15,9 @@ from datamodules import ADE20K_CLASSES, ADE20KDataModule, DigitScenesDataModule,
 from datamodules.ade20k import IGNORE_INDEX, SegRandomCrop, make_palette, rescale_size
 from spanet_pl.errors import MissingPathError, UserInputError
 
-W, H = 48, 36
-# Raw annotation value → RGB painted under it. 1..3 are classes 0..2 after reduce_zero_label, 0 is ignored.
-COLOURS = {0: (20, 230, 20), 1: (128, 128, 128), 2: (230, 20, 20), 3: (20, 20, 230)}
+from conftest import ADE_COLOURS as COLOURS, ADE_H as H, ADE_W as W, ade20k_scene as _scene
+from conftest import write_ade20k_pair as _write_pair
+
 CLASSES = 3
 
 
@@ -28,32 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _scene(width: int = W, height: int = H):
-    """Raw labels: an ignored strip on top, background 1, a red square of 2 on the left, a blue one of 3 right."""
-    labels = np.ones((height, width), dtype=np.uint8)
-    labels[:3] = 0
-    labels[8:24, 4:20] = 2
-    labels[14:30, 28:44] = 3
-    labels[height - 1, width - 1] = 255
-    image = np.zeros((height, width, 3), dtype=np.uint8)
-    for value, colour in COLOURS.items():
-        image[labels == value] = colour
-    image[labels == 255] = (0, 0, 0)
-    return image, labels
-
-
-def _write_pair(base: Path, split: str, name: str, size=(W, H), image=None, labels=None) -> Path:
-    if image is None:
-        image, labels = _scene(*size)
-    (base / 'images' / split).mkdir(parents=True, exist_ok=True)
-    (base / 'annotations' / split).mkdir(parents=True, exist_ok=True)
-    path = base / 'images' / split / f'{name}.jpg'
-    Image.fromarray(image).save(path, quality=95)
-    if labels is not None:
-        Image.fromarray(labels, mode='L').save(base / 'annotations' / split / f'{name}.png')
-    return path
 
 
 @pytest.fixture
@@ -194,14 +168,30 @@ def test_eval_batches_pad_to_the_largest(tree):
 
 
 def test_predict(tree):
-    dm = _dm(tree)
+    dm = _dm(tree, eval_batch_size=2, scale=(W // 2, H // 2))  # both validation images at half size, one batch
     dm.setup('predict')
     assert dm.predict_paths == sorted(str(p) for p in (tree / 'ADEChallengeData2016/images/validation').iterdir())
-    indices = []
-    for images, idx in dm.predict_dataloader():
-        assert images.dtype == torch.float32 and images.shape[:2] == (1, 3) and idx.dtype == torch.int64
-        indices += idx.tolist()
-    assert indices == [0, 1]
+    (images, meta), = list(dm.predict_dataloader())
+    assert images.dtype == torch.float32 and images.shape == (2, 3, W // 2, W // 2)  # padded to the larger one
+    assert meta['index'].tolist() == [0, 1]
+    assert meta['size'].tolist() == [[H, W], [W, H]]  # the second image is the transposed scene
+    assert meta['input_size'].tolist() == [[H // 2, W // 2], [W // 2, H // 2]]
+
+
+def test_predict_root(tree, tmp_path):
+    folder = tmp_path / 'mine'
+    for path in (folder / 'b.png', folder / 'sub' / 'a.jpg'):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_scene()[0]).save(path)
+    (folder / 'notes.txt').write_text('not an image')
+    dm = _dm(tree, predict_root=str(folder))
+    dm.setup('predict')
+    assert dm.predict_paths == [str(folder / 'b.png'), str(folder / 'sub' / 'a.jpg')]
+    with pytest.raises(MissingPathError, match=r'predict_root .*nowhere does not exist'):
+        _dm(tree, predict_root=str(tmp_path / 'nowhere'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(UserInputError, match=r'predict_root .*empty holds no image file'):
+        _dm(tree, predict_root=str(tmp_path / 'empty')).setup('predict')
 
 
 def test_cat_max_ratio_redraws_crops():

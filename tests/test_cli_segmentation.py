@@ -1,0 +1,123 @@
+"""The segmentation job through the real CLI on a tiny ADE20K-layout tree: fit with both heads, validate in whole and
+sliding-window mode, predict masks at the original image size, bad input."""
+import re
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from spanet_pl.__main__ import main
+
+from conftest import ADE_H as H, ADE_W as W, ade20k_scene, write_ade20k_pair
+
+HEAD_KWARGS = {'fpn': {'fpn_channels': 32, 'head_channels': 16}, 'fcn': {'channels': 32, 'in_index': [0, 1, 2, 3]}}
+
+
+@pytest.fixture
+def ade_tree(tmp_path):
+    """``tmp_path/data/ADEChallengeData2016``: 4 training 48x36 scenes, 2 validation ones (the second transposed)."""
+    base = tmp_path / 'data' / 'ADEChallengeData2016'
+    for i in range(4):
+        write_ade20k_pair(base, 'training', f'ADE_train_{i:08d}')
+    write_ade20k_pair(base, 'validation', 'ADE_val_00000000')
+    image, labels = ade20k_scene()
+    write_ade20k_pair(base, 'validation', 'ADE_val_00000001', image=image.transpose(1, 0, 2).copy(),
+                      labels=labels.T.copy())
+    return base
+
+
+def write_config(tmp_path, root, head='fpn') -> str:
+    config = {
+        'seed_everything': 0,
+        'trainer': {
+            'accelerator': 'cpu', 'devices': 1, 'max_epochs': 2, 'log_every_n_steps': 1,
+            'enable_progress_bar': False, 'enable_model_summary': False,
+            'logger': {'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
+                       'init_args': {'save_dir': str(tmp_path / 'logs'), 'name': 'seg'}},
+        },
+        'model': {'class_path': 'spanet_pl.tasks.SegmentationModule',
+                  'init_args': {'backbone': 'spanet_nano', 'head': head, 'head_kwargs': HEAD_KWARGS[head],
+                                'num_log_images': 2, 'window': 64, 'window_stride': 32,
+                                'optimizer': {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 1e-3}}}},
+        'data': {'class_path': 'datamodules.ADE20KDataModule',
+                 'init_args': {'root': str(root), 'num_classes': 3, 'batch_size': 2, 'num_workers': 0,
+                               'crop_size': [32, 32],
+                               'scale': [W, H], 'ratio_range': [0.75, 1.25]}},
+    }
+    path = tmp_path / 'config.yaml'
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def run(args):
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize('head', ['fpn', 'fcn'])
+def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
+    config = write_config(tmp_path, ade_tree, head)
+    cli = run(['fit', '--config', config])
+    assert cli.trainer.global_step == 2 * 2  # 4 scenes / batch 2, two epochs
+    assert cli.model.num_classes == 3  # linked from the data module
+    assert cli.model.head.classifier[-1].out_channels == 3
+    version = tmp_path / 'logs' / 'seg' / 'version_0'
+    best = next((version / 'checkpoints').glob('best-*.ckpt'))
+    assert (version / 'checkpoints' / 'last.ckpt').is_file()
+    events = EventAccumulator(str(version), size_guidance={'images': 0, 'scalars': 0}).Reload()
+    assert {'val/mIoU', 'val/aAcc', 'val/mAcc', 'train/loss_step'} <= set(events.Tags()['scalars'])
+    assert sorted(events.Tags()['images']) == ['val/overlay_0', 'val/overlay_1']
+
+    results = {}
+    for mode in ('whole', 'slide'):  # both validation images (48x36, 36x48) fit in one 64x64 window
+        cli = run(['validate', '--config', config, '--ckpt_path', str(best), '--model.init_args.inference', mode])
+        results[mode] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert results['whole'] == results['slide']
+    assert {'val/mIoU', 'val/aAcc', 'val/mAcc', 'val/loss'} <= set(results['whole'])
+    assert 0.0 <= results['whole']['val/mIoU'] <= 1.0
+
+    # predict at half size in one padded batch: the masks come back at each image's original size
+    out = tmp_path / 'masks'
+    assert run(['predict', '--config', config, '--ckpt_path', str(best), '--prediction_writer.output', str(out),
+                '--data.init_args.scale', f'[{W // 2}, {H // 2}]', '--data.init_args.eval_batch_size', '2'])
+    masks = {p.name: Image.open(p) for p in sorted(out.iterdir())}
+    assert list(masks) == ['ADE_val_00000000.png', 'ADE_val_00000001.png']
+    assert masks['ADE_val_00000000.png'].size == (W, H) and masks['ADE_val_00000001.png'].size == (H, W)
+    for mask in masks.values():
+        assert mask.mode == 'P' and set(np.unique(np.asarray(mask)).tolist()) <= {0, 1, 2}
+
+
+def expect_error(tmp_path, capsys, config, pattern):
+    assert run(['fit', '--config', config]) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith('spanet_pl: error:')]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert 'Traceback' not in err
+    return lines[0]
+
+
+def test_missing_split_folder(tmp_path, capsys, ade_tree):
+    for f in (ade_tree / 'annotations' / 'validation').iterdir():
+        f.unlink()
+    (ade_tree / 'annotations' / 'validation').rmdir()
+    expect_error(tmp_path, capsys, write_config(tmp_path, ade_tree), r'has no annotations/validation/ folder')
+    assert not (tmp_path / 'logs').exists(), 'a failed start must not write a log folder'
+
+
+def test_image_without_annotation(tmp_path, capsys, ade_tree):
+    (ade_tree / 'annotations' / 'training' / 'ADE_train_00000002.png').unlink()
+    expect_error(tmp_path, capsys, write_config(tmp_path, ade_tree),
+                 r'1 of 4 images .* no annotation.*ADE_train_00000002')
+    assert not (tmp_path / 'logs').exists()
+
+
+def test_label_out_of_range_names_the_file(tmp_path, capsys, ade_tree):
+    image, labels = ade20k_scene()
+    labels[10, 10] = 9  # class 8 after reduce_zero_label, but the data module has 3 classes
+    write_ade20k_pair(ade_tree, 'training', 'ADE_train_00000001', image=image, labels=labels)
+    expect_error(tmp_path, capsys, write_config(tmp_path, ade_tree),
+                 r'annotations/training/ADE_train_00000001\.png has label values 9 outside num_classes=3')
