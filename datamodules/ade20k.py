@@ -281,24 +281,28 @@ class PhotoMetricDistortion(v2.Transform):
 
 
 class SegmentationTransform:
-    """PIL image (and optional ``(H, W)`` uint8 label array) → ``(float image (3, H, W), int64 mask (H, W))``.
+    """PIL image (and optional ``(H, W)`` uint8 label array) → ``(float image (3, H', W'), int64 mask)``.
 
     Args:
         ops: a ``v2`` pipeline over ``(tv_tensors.Image uint8, tv_tensors.Mask uint8)``.
+        image_only: apply ``ops`` to the image only and return the mask as it was read (evaluation: metrics are
+            computed at the annotation's original size, as mmseg does).
     """
 
-    def __init__(self, ops: Callable):
+    def __init__(self, ops: Callable, image_only: bool = False):
         self.ops = ops
+        self.image_only = image_only
 
     def __call__(self, image: Image.Image, mask: Optional[np.ndarray] = None):
         image = tv_tensors.Image(F.pil_to_tensor(image))
-        if mask is None:
-            return self.ops(image).as_subclass(torch.Tensor)
+        if mask is None or self.image_only:
+            image = self.ops(image).as_subclass(torch.Tensor)
+            return image if mask is None else (image, torch.from_numpy(mask).long())
         image, mask = self.ops(image, tv_tensors.Mask(torch.from_numpy(mask)))
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
 
     def __repr__(self) -> str:
-        return f'{type(self).__name__}({self.ops})'
+        return f'{type(self).__name__}({self.ops}, image_only={self.image_only})'
 
 
 def _label_table(reduce_zero_label: bool) -> np.ndarray:
@@ -415,21 +419,31 @@ class SegmentationPredictDataset(ImagePathDataset):
 
 
 def pad_collate(batch: Sequence[Tuple[torch.Tensor, Any]], ignore_index: int = IGNORE_INDEX):
-    """``default_collate``, padding images of different sizes at the bottom/right to the largest: images with 0,
-    int64 masks with ``ignore_index`` (a non-tensor second element, e.g. a predict index, is collated as is)."""
-    sizes = {tuple(image.shape[-2:]) for image, _ in batch}
-    if len(sizes) == 1:
-        return default_collate(batch)
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    """``default_collate``, padding tensors of different sizes at the bottom/right to the largest: images with 0,
+    int64 masks with ``ignore_index`` (a non-tensor second element, e.g. predict metadata, is collated as is).
 
-    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), value=value)
-
-    images = torch.stack([pad(image, 0) for image, _ in batch])
+    Pairs whose image was resized but not its mask (evaluation at the original size) are collated as
+    ``(images, masks, {'size': (B, 2) mask sizes, 'input_size': (B, 2) image sizes})``, every other batch of pairs as
+    ``(images, masks)``.
+    """
     seconds = [second for _, second in batch]
-    if isinstance(seconds[0], torch.Tensor) and seconds[0].dim() == 2:
-        return images, torch.stack([pad(mask, ignore_index) for mask in seconds])
-    return images, default_collate(seconds)
+    images = _pad_stack([image for image, _ in batch], 0)
+    if not (isinstance(seconds[0], torch.Tensor) and seconds[0].dim() == 2):
+        return images, default_collate(seconds)
+    masks = _pad_stack(seconds, ignore_index)
+    input_sizes = [tuple(image.shape[-2:]) for image, _ in batch]
+    sizes = [tuple(mask.shape[-2:]) for mask in seconds]
+    if input_sizes == sizes:
+        return images, masks
+    return images, masks, {'size': torch.tensor(sizes), 'input_size': torch.tensor(input_sizes)}
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], value: int) -> torch.Tensor:
+    height, width = (max(t.shape[-2] for t in tensors), max(t.shape[-1] for t in tensors))
+    if all(t.shape[-2:] == (height, width) for t in tensors):
+        return default_collate(list(tensors))
+    return torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value)
+                        for t in tensors])
 
 
 class ADE20KDataModule(SplitDataModule):
@@ -439,12 +453,13 @@ class ADE20KDataModule(SplitDataModule):
     values are checked per sample when read, raising ``UserInputError``; undecodable files are logged and skipped.
 
     Train batches: ``(float32 (B, 3, crop_h, crop_w), int64 (B, crop_h, crop_w))``, ignored pixels (unlabelled and
-    crop padding) ``255``. Val/test batches: ``(float32 (B, 3, H, W), int64 (B, H, W))`` resized with
-    ``rescale_size(., scale)`` (short side 512 for ADE20K), masks nearest; with ``eval_batch_size > 1`` images of
-    different sizes are padded at the bottom/right (image 0, mask 255). Predict batches: ``(images, meta)`` over the
-    validation images (or ``predict_root``'s), ``meta`` holding ``index`` (into ``predict_paths``), the original
-    ``size`` and the ``input_size`` of every image (``SegmentationPredictDataset``), so that predicted masks are
-    written at the original size.
+    crop padding) ``255``. Val/test batches: images resized with ``rescale_size(., scale)`` (short side 512 for
+    ADE20K) and masks at their original size, as mmseg evaluates: ``(images, masks, {'size', 'input_size'})`` whenever
+    a resize happened (the task resizes each image's logits back before the metrics), else ``(images, masks)``; with
+    ``eval_batch_size > 1`` images and masks of different sizes are padded at the bottom/right (image 0, mask 255).
+    Predict batches: ``(images, meta)`` over the validation images (or ``predict_root``'s), ``meta`` holding ``index``
+    (into ``predict_paths``), the original ``size`` and the ``input_size`` of every image
+    (``SegmentationPredictDataset``), so that predicted masks are written at the original size.
 
     Args:
         root: ``ADEChallengeData2016`` or its parent.
@@ -567,7 +582,8 @@ class ADE20KDataModule(SplitDataModule):
             train.append(PhotoMetricDistortion())
         train.append(normalize)
         evaluation = [RandomRescale(self.scale), to_float, normalize]
-        return SegmentationTransform(v2.Compose(train)), SegmentationTransform(v2.Compose(evaluation))
+        return (SegmentationTransform(v2.Compose(train)),
+                SegmentationTransform(v2.Compose(evaluation), image_only=True))
 
     def _dataset(self, stage: str, transform: Callable) -> SegmentationDataset:
         return SegmentationDataset(self.pairs[stage], self.num_classes, self.reduce_zero_label, transform=transform)

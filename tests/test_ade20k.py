@@ -145,26 +145,37 @@ def test_photometric_distortion_changes_only_the_image(tree):
     assert changed
 
 
-def test_val_short_side_512_keeps_aspect(tree):
+def test_val_short_side_512_keeps_aspect_masks_stay_original(tree):
     dm = _dm(tree, scale=(2048, 512))
     dm.setup('validate')
     shapes = []
-    for images, masks in dm.val_dataloader():
-        assert images.dtype == torch.float32 and masks.dtype == torch.int64
-        assert images.shape[:2] == (1, 3) and masks.shape == (1, *images.shape[2:])
-        shapes.append(tuple(images.shape[2:]))
-    assert shapes == [(512, 683), (683, 512)]  # 48x36 → 683x512 and its transpose
+    for images, masks, sized in dm.val_dataloader():
+        assert images.dtype == torch.float32 and masks.dtype == torch.int64 and images.shape[:2] == (1, 3)
+        assert sized['input_size'].tolist() == [list(images.shape[2:])] and sized['size'].tolist() == [
+            list(masks.shape[1:])]
+        shapes.append((tuple(images.shape[2:]), tuple(masks.shape[1:])))
+    # 48x36 → 683x512 and its transpose; the masks are the annotations as read (reduced), at 48x36
+    assert shapes == [((512, 683), (H, W)), ((683, 512), (W, H))]
     assert rescale_size((H, W), (2048, 512)) == (512, 683)
     assert sum(1 for _ in dm.test_dataloader()) == 2
+    _, masks, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(masks[0], torch.from_numpy(_expected_mask(_scene()[1])))
 
 
 def test_eval_batches_pad_to_the_largest(tree):
-    dm = _dm(tree, eval_batch_size=2)
+    dm = _dm(tree, eval_batch_size=2)  # scale (W, H): no resize, a plain pair of padded tensors
     dm.setup('validate')
     (images, masks), = list(dm.val_dataloader())
     assert images.shape == (2, 3, W, W) and masks.shape == (2, W, W)
     assert (masks[0, H:] == IGNORE_INDEX).all() and (images[0, :, H:] == 0).all()
     assert (masks[1, :, H:] == IGNORE_INDEX).all() and (images[1, :, :, H:] == 0).all()
+
+    dm = _dm(tree, eval_batch_size=2, scale=(2 * W, 2 * H))  # resized images, original masks: padded apart
+    dm.setup('validate')
+    (images, masks, sized), = list(dm.val_dataloader())
+    assert images.shape == (2, 3, 2 * W, 2 * W) and masks.shape == (2, W, W)
+    assert sized['input_size'].tolist() == [[2 * H, 2 * W], [2 * W, 2 * H]]
+    assert sized['size'].tolist() == [[H, W], [W, H]]
 
 
 def test_predict(tree):

@@ -39,12 +39,11 @@ def write_config(tmp_path, root, head='fpn') -> str:
         },
         'model': {'class_path': 'spanet_pl.tasks.SegmentationModule',
                   'init_args': {'backbone': 'spanet_nano', 'head': head, 'head_kwargs': HEAD_KWARGS[head],
-                                'num_log_images': 2, 'window': 64, 'window_stride': 32,
+                                'num_log_images': 2, 'window': 128, 'window_stride': 64,
                                 'optimizer': {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 1e-3}}}},
         'data': {'class_path': 'datamodules.ADE20KDataModule',
                  'init_args': {'root': str(root), 'num_classes': 3, 'batch_size': 2, 'num_workers': 0,
-                               'crop_size': [32, 32],
-                               'scale': [W, H], 'ratio_range': [0.75, 1.25]}},
+                               'crop_size': [48, 48], 'scale': [2 * W, 2 * H], 'ratio_range': [0.75, 1.25]}},
     }
     path = tmp_path / 'config.yaml'
     path.write_text(yaml.safe_dump(config))
@@ -71,9 +70,11 @@ def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
     events = EventAccumulator(str(version), size_guidance={'images': 0, 'scalars': 0}).Reload()
     assert {'val/mIoU', 'val/aAcc', 'val/mAcc', 'train/loss_step'} <= set(events.Tags()['scalars'])
     assert sorted(events.Tags()['images']) == ['val/overlay_0', 'val/overlay_1']
+    overlay = events.Images('val/overlay_0')[-1]  # evaluated at 2x, shown at the annotation's size
+    assert (overlay.height, overlay.width) == (H, 3 * W + 8)
 
     results = {}
-    for mode in ('whole', 'slide'):  # both validation images (48x36, 36x48) fit in one 64x64 window
+    for mode in ('whole', 'slide'):  # both validation images (96x72, 72x96 at scale 2x) fit in one 128x128 window
         cli = run(['validate', '--config', config, '--ckpt_path', str(best), '--model.init_args.inference', mode])
         results[mode] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert results['whole'] == results['slide']

@@ -20,7 +20,7 @@ from spanet_pl.errors import MissingPathError, UserInputError
 from spanet_pl.models import ExSPAM, convert_official_state_dict, create_backbone
 from spanet_pl.models.heads import HEADS, FCNHead, SemanticFPNHead
 from spanet_pl.tasks import ClassificationModule, SegmentationModule
-from spanet_pl.tasks.segmentation import load_backbone_weights, slide_inference
+from spanet_pl.tasks.segmentation import load_backbone_weights, resize_to_original, slide_inference
 from spanet_pl.testing import synthetic_state_dict
 
 REFERENCE = torch.load(Path(__file__).parent / 'fixtures' / 'official_reference.pt')
@@ -170,6 +170,46 @@ def test_validate_whole_and_slide_give_the_same_miou(tmp_path, nano):
     nano.hparams.inference = 'whole'
     assert results['whole'] == results['slide']
     assert set(results['whole']) >= {'val/mIoU', 'val/aAcc', 'val/mAcc', 'val/loss'}
+
+
+def test_resize_to_original_crops_the_padding_and_resizes_each_image():
+    logits = torch.randn(2, NUM_CLASSES, 8, 10)
+    out = resize_to_original(logits, torch.tensor([[8, 10], [6, 4]]), torch.tensor([[16, 20], [3, 2]]))
+    assert out.shape == (2, NUM_CLASSES, 16, 20)
+    assert torch.equal(out[0], F.interpolate(logits[:1], size=(16, 20), mode='bilinear', align_corners=False)[0])
+    assert torch.equal(out[1, :, :3, :2],
+                       F.interpolate(logits[1:, :, :6, :4], size=(3, 2), mode='bilinear', align_corners=False)[0])
+    assert (out[1, :, 3:] == 0).all() and (out[1, :, :, 2:] == 0).all()
+
+
+class ResizedSceneData(SceneData):
+    """Validation as ADE20KDataModule serves it after a resize: images at 2x, masks (and metrics) at the original size."""
+
+    def val_dataloader(self):
+        images, masks = scenes(3, (24, 32), 1)
+        big = F.interpolate(images, scale_factor=2, mode='bilinear', align_corners=False)
+        sized = {'size': torch.tensor([[24, 32]] * 3), 'input_size': torch.tensor([[48, 64]] * 3)}
+        batches = [(big[i:i + 1], masks[i:i + 1], {k: v[i:i + 1] for k, v in sized.items()}) for i in range(3)]
+        return DataLoader(batches, batch_size=None)  # already batched
+
+
+def test_validation_at_the_original_size(tmp_path, nano):
+    data = ResizedSceneData()
+    result = tiny_trainer(tmp_path, logger=False, limit_val_batches=3).validate(nano, datamodule=data, verbose=False)[0]
+    metric = MulticlassJaccardIndex(NUM_CLASSES, ignore_index=255)
+    with torch.no_grad():
+        for images, masks, _ in data.val_dataloader():
+            logits = F.interpolate(nano(images), size=masks.shape[-2:], mode='bilinear', align_corners=False)
+            metric.update(logits.argmax(1), masks)
+    assert result['val/mIoU'] == pytest.approx(metric.compute().item(), abs=1e-6)
+
+    class FakeTrainer:
+        sanity_checking, is_global_zero, datamodule = False, True, data
+
+    callback = SegmentationImageLogger(num_images=1)  # the picture is at the annotation's size
+    batch = next(iter(data.val_dataloader()))
+    callback.on_validation_batch_end(FakeTrainer, nano, {'preds': batch[1]}, batch, 0)
+    assert [p.shape for p in callback.render(FakeTrainer, nano)] == [(3, 24, 3 * 32 + 8)]
 
 
 @pytest.mark.parametrize('head', ['fpn', 'fcn'])

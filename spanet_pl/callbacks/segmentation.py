@@ -1,7 +1,8 @@
 """TensorBoard view of segmentation: a fixed handful of validation images as image | ground truth | prediction."""
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -69,7 +70,8 @@ class SegmentationImageLogger(Callback):
     """Logs the first ``num_images`` validation images of rank 0, each as image | ground truth | prediction, to
     TensorBoard (tags ``val/overlay_{i}``) at the end of every validation (not the sanity check).
 
-    Expects validation batches ``(images, masks)`` and ``validation_step`` to return ``{'preds': (B, H, W)}``.
+    Expects validation batches ``(images, masks)`` or ``(images, masks, {'size', 'input_size'})`` (masks at the original
+    size; the image is resized to it for the picture) and ``validation_step`` to return ``{'preds': (B, H, W)}``.
     Colours come from the data module's ``palette`` (num_classes x 3, 0..255), else the PASCAL VOC colour map;
     ignored pixels are black. Images are de-normalised with the data module's (else the model's) mean and std.
     The segmentation task adds it by itself (``num_log_images``); without a TensorBoardLogger it does nothing.
@@ -92,9 +94,15 @@ class SegmentationImageLogger(Callback):
                 or len(self.samples) >= self.num_images or not isinstance(outputs, dict) or 'preds' not in outputs):
             return
         images, masks = batch[0], batch[1]
-        for image, mask, pred in zip(images, masks, outputs['preds']):
+        sized = batch[2] if len(batch) > 2 and isinstance(batch[2], Mapping) else None
+        for i, (image, mask, pred) in enumerate(zip(images, masks, outputs['preds'])):
             if len(self.samples) >= self.num_images:
                 break
+            if sized is not None:  # the image was resized for the network, mask and prediction are at the original size
+                (h, w), (in_h, in_w) = sized['size'][i].tolist(), sized['input_size'][i].tolist()
+                image = F.interpolate(image[None, :, :in_h, :in_w].float(), size=(h, w), mode='bilinear',
+                                      align_corners=False)[0]
+                mask, pred = mask[:h, :w], pred[:h, :w]
             self.samples.append((image.detach().cpu(), mask.detach().cpu(), pred.detach().cpu()))
 
     def render(self, trainer: Trainer, pl_module: LightningModule) -> List[Tensor]:

@@ -27,7 +27,7 @@ from ..models import ExSPAM, convert_official_state_dict, create_backbone, load_
 from ..models.heads import HEADS
 from .classification import weight_decay_groups
 
-__all__ = ['SegmentationModule', 'load_backbone_weights', 'slide_inference']
+__all__ = ['SegmentationModule', 'load_backbone_weights', 'resize_to_original', 'slide_inference']
 
 _logger = logging.getLogger(__name__)
 
@@ -117,6 +117,26 @@ def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, cr
             logits[:, :, y1:y2, x1:x2] += model(images[:, :, y1:y2, x1:x2]).float()
             count[:, :, y1:y2, x1:x2] += 1
     return logits / count
+
+
+def resize_to_original(logits: torch.Tensor, input_sizes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Each image's logits cropped to its ``input_size`` (out of a padded batch) and resized bilinearly to its
+    original ``size``, as mmseg does before its metrics; returned padded at the bottom/right to the largest size.
+
+    Args:
+        logits: (B, C, H', W') at the network's input resolution.
+        input_sizes: (B, 2) size of every image before the batch was padded.
+        sizes: (B, 2) original size of every image (its annotation's size).
+    """
+    sizes_list, input_list = sizes.tolist(), input_sizes.tolist()
+    height, width = max(h for h, _ in sizes_list), max(w for _, w in sizes_list)
+    out = logits.new_zeros((logits.shape[0], logits.shape[1], height, width))
+    for i, ((h, w), (in_h, in_w)) in enumerate(zip(sizes_list, input_list)):
+        row = logits[i:i + 1, :, :in_h, :in_w]
+        if (h, w) != (in_h, in_w):
+            row = F.interpolate(row, size=(h, w), mode='bilinear', align_corners=False)
+        out[i, :, :h, :w] = row[0]
+    return out
 
 
 class SegmentationModule(LightningModule):
@@ -244,9 +264,9 @@ class SegmentationModule(LightningModule):
             return slide_inference(self, images, self.num_classes, self.crop_size, self.stride)
         raise UserInputError(f"inference must be 'whole' or 'slide', got {mode!r}")
 
-    def _check_batch(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+    def _check_batch(self, images: torch.Tensor, masks: torch.Tensor, same_size: bool = True) -> None:
         if (images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]
-                or images.shape[-2:] != masks.shape[-2:]):
+                or (same_size and images.shape[-2:] != masks.shape[-2:])):
             raise UserInputError(f'expected images (B, C, H, W) and masks (B, H, W) of the same size, got images '
                                  f'{tuple(images.shape)} and masks {tuple(masks.shape)}')
         if masks.dtype.is_floating_point or masks.dtype == torch.bool:
@@ -265,7 +285,7 @@ class SegmentationModule(LightningModule):
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, masks = batch
+        images, masks = batch[:2]
         self._check_batch(images, masks)
         loss = self._loss(self(images), masks)
         if not torch.isfinite(loss):
@@ -276,9 +296,13 @@ class SegmentationModule(LightningModule):
         return loss
 
     def _eval_step(self, batch, stage: str) -> Dict[str, torch.Tensor]:
-        images, masks = batch
-        self._check_batch(images, masks)
+        """``batch``: ``(images, masks)`` of one size, or ``(images, masks, {'size', 'input_size'})`` with masks at the
+        original size (``ADE20KDataModule``): logits are then resized back per image before the loss and metrics."""
+        images, masks, *sized = batch
+        self._check_batch(images, masks, same_size=not sized)
         logits = self.inference(images)
+        if sized:
+            logits = resize_to_original(logits, sized[0]['input_size'], sized[0]['size'])
         self.log(f'{stage}/loss', self._loss(logits, masks), sync_dist=True, batch_size=images.shape[0])
         preds = logits.argmax(dim=1)
         metrics = self.val_metrics if stage == 'val' else self.test_metrics
@@ -299,19 +323,15 @@ class SegmentationModule(LightningModule):
         """``{'indices': (B,), 'masks': B x (H, W) int64 class indices}``.
 
         ``batch`` is ``(images, indices)`` (masks at the input size) or, from ``ADE20KDataModule``, ``(images, meta)``
-        with per-image ``index``, original ``size`` and ``input_size``: each image's logits are cropped out of the
-        padded batch and resized bilinearly to the original size before the argmax, as mmseg predicts.
+        with per-image ``index``, original ``size`` and ``input_size``: the masks then come at each original size
+        (``resize_to_original`` before the argmax).
         """
         images, meta = batch
         logits = self.inference(images)
         if not isinstance(meta, Mapping):
             return {'indices': meta, 'masks': logits.argmax(dim=1)}
-        masks = []
-        for row, (size, input_size) in zip(logits, zip(meta['size'].tolist(), meta['input_size'].tolist())):
-            row = row[None, :, :input_size[0], :input_size[1]]
-            if tuple(size) != tuple(input_size):
-                row = F.interpolate(row, size=size, mode='bilinear', align_corners=False)
-            masks.append(row.argmax(dim=1)[0])
+        preds = resize_to_original(logits, meta['input_size'], meta['size']).argmax(dim=1)
+        masks = [pred[:h, :w] for pred, (h, w) in zip(preds, meta['size'].tolist())]
         return {'indices': meta['index'], 'masks': masks}
 
     @override
