@@ -259,3 +259,13 @@ def test_bad_spam_arguments():
         SPAM(24, kernel_size=4)
     with pytest.raises(ValueError, match='radius must be positive'):
         SPAM(24, radius=0)
+
+
+@pytest.mark.parametrize('variant', NANO_VARIANTS)
+def test_train_after_inference_mode_at_the_same_size(variant):
+    model = create_backbone(variant, num_classes=3)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -83,3 +83,14 @@ def test_resize_filter_is_bicubic_align_corners_and_identity_at_same_size():
     expected = torch.nn.functional.interpolate(w[None], size=(9, 5), mode='bicubic', align_corners=True)[0]
     assert torch.equal(out, expected)
     torch.testing.assert_close(out[:, 0, 0], w[:, 0, 0])  # align_corners keeps the corners
+
+
+def test_masks_first_built_in_inference_mode_still_train():
+    """Trainer.validate / predict run under torch.inference_mode; a later fit must not meet cached inference tensors."""
+    args = (10, 12, 3.0, (0.2, 0.8), (3, 1))
+    with torch.inference_mode():
+        first = spam_masks(*args)
+    assert not first.is_inference() and spam_masks(*args) is first
+    x = torch.randn(2, 4, 10, 12, requires_grad=True)
+    spectral_filter(x, spam_masks(*args)).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -47,7 +47,10 @@ def signed_frequencies(n: int, device: Optional[torch.device] = None) -> Tensor:
     return torch.where(k < n - n // 2, k, k - n)
 
 
+# The cached masks are shared by every later call, so they are built outside inference mode: a mask first made
+# during `Trainer.validate` / `predict` (torch.inference_mode) would otherwise break a later training step.
 @functools.lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _circular_mask(height: int, width: int, radius: float, lam: float, device: torch.device) -> Tensor:
     fy = signed_frequencies(height, device)[:, None]
     fx = torch.arange(width // 2 + 1, device=device)[None, :]
@@ -69,6 +72,7 @@ def circular_mask(height: int, width: int, radius: float, lam: float, device=Non
 
 
 @functools.lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _spam_masks(height, width, radius, lambdas, sizes, device) -> Tensor:
     masks = torch.stack([_circular_mask(height, width, radius, lam, device) for lam in lambdas])
     return masks.repeat_interleave(torch.tensor(sizes, device=device), dim=0)
