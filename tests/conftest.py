@@ -72,3 +72,26 @@ def write_ade20k_pair(base, split: str, name: str, size=(ADE_W, ADE_H), image=No
     if labels is not None:
         Image.fromarray(labels, mode='L').save(base / 'annotations' / split / f'{name}.png')
     return path
+
+
+def ade20k_tree(base):
+    """``base`` (an ``ADEChallengeData2016`` folder) with 4 training 48x36 scenes and 2 validation ones, the second
+    transposed (36x48); returns ``base``."""
+    for i in range(4):
+        write_ade20k_pair(base, 'training', f'ADE_train_{i:08d}')
+    write_ade20k_pair(base, 'validation', 'ADE_val_00000000')
+    image, labels = ade20k_scene()
+    write_ade20k_pair(base, 'validation', 'ADE_val_00000001', image=image.transpose(1, 0, 2).copy(),
+                      labels=labels.T.copy())
+    return base
+
+
+def cli_trainer_config(save_dir, name: str = 'run', **overrides) -> dict:
+    """The ``trainer`` section of a CPU test config: TensorBoard logs in ``save_dir/name``, no progress bar."""
+    return {
+        'accelerator': 'cpu', 'devices': 1, 'max_epochs': 2, 'log_every_n_steps': 1,
+        'enable_progress_bar': False, 'enable_model_summary': False,
+        'logger': {'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
+                   'init_args': {'save_dir': str(save_dir), 'name': name}},
+        **overrides,
+    }

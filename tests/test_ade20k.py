@@ -16,7 +16,7 @@ from datamodules.ade20k import IGNORE_INDEX, SegRandomCrop, make_palette, rescal
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from conftest import ADE_COLOURS as COLOURS, ADE_H as H, ADE_W as W, ade20k_scene as _scene
-from conftest import write_ade20k_pair as _write_pair
+from conftest import ade20k_tree, write_ade20k_pair as _write_pair
 
 CLASSES = 3
 
@@ -33,13 +33,7 @@ def _one_thread():
 @pytest.fixture
 def tree(tmp_path):
     """``tmp_path/ADEChallengeData2016`` with 4 training and 2 validation 48x36 scenes (one validation one 36x48)."""
-    base = tmp_path / 'ADEChallengeData2016'
-    for i in range(4):
-        _write_pair(base, 'training', f'ADE_train_{i:08d}')
-    _write_pair(base, 'validation', 'ADE_val_00000000')
-    image, labels = _scene()
-    _write_pair(base, 'validation', 'ADE_val_00000001', image=image.transpose(1, 0, 2).copy(),
-                labels=labels.T.copy())
+    ade20k_tree(tmp_path / 'ADEChallengeData2016')
     return tmp_path
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from spanet_pl.__main__ import main
 
-from conftest import colour_image_tree
+from conftest import cli_trainer_config, colour_image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('blue', 'green', 'red')
@@ -28,12 +28,7 @@ def image_tree(tmp_path):
 def write_config(tmp_path, root, **overrides) -> Path:
     config = {
         'seed_everything': 0,
-        'trainer': {
-            'accelerator': 'cpu', 'devices': 1, 'max_epochs': 2, 'log_every_n_steps': 1,
-            'enable_progress_bar': False, 'enable_model_summary': False,
-            'logger': {'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
-                       'init_args': {'save_dir': str(tmp_path / 'logs'), 'name': 'run'}},
-        },
+        'trainer': cli_trainer_config(tmp_path / 'logs'),
         'model': {'class_path': 'spanet_pl.tasks.ClassificationModule',
                   'init_args': {'backbone': 'spanet_nano', 'warmup_epochs': 0.5,
                                 'optimizer': {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 2e-3}}}},

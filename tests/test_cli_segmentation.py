@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from spanet_pl.__main__ import main
 
-from conftest import ADE_H as H, ADE_W as W, ade20k_scene, write_ade20k_pair
+from conftest import ADE_H as H, ADE_W as W, ade20k_scene, ade20k_tree, cli_trainer_config, write_ade20k_pair
 
 HEAD_KWARGS = {'fpn': {'fpn_channels': 32, 'head_channels': 16}, 'fcn': {'channels': 32, 'in_index': [0, 1, 2, 3]}}
 
@@ -18,25 +18,13 @@ HEAD_KWARGS = {'fpn': {'fpn_channels': 32, 'head_channels': 16}, 'fcn': {'channe
 @pytest.fixture
 def ade_tree(tmp_path):
     """``tmp_path/data/ADEChallengeData2016``: 4 training 48x36 scenes, 2 validation ones (the second transposed)."""
-    base = tmp_path / 'data' / 'ADEChallengeData2016'
-    for i in range(4):
-        write_ade20k_pair(base, 'training', f'ADE_train_{i:08d}')
-    write_ade20k_pair(base, 'validation', 'ADE_val_00000000')
-    image, labels = ade20k_scene()
-    write_ade20k_pair(base, 'validation', 'ADE_val_00000001', image=image.transpose(1, 0, 2).copy(),
-                      labels=labels.T.copy())
-    return base
+    return ade20k_tree(tmp_path / 'data' / 'ADEChallengeData2016')
 
 
 def write_config(tmp_path, root, head='fpn') -> str:
     config = {
         'seed_everything': 0,
-        'trainer': {
-            'accelerator': 'cpu', 'devices': 1, 'max_epochs': 2, 'log_every_n_steps': 1,
-            'enable_progress_bar': False, 'enable_model_summary': False,
-            'logger': {'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
-                       'init_args': {'save_dir': str(tmp_path / 'logs'), 'name': 'seg'}},
-        },
+        'trainer': cli_trainer_config(tmp_path / 'logs', 'seg'),
         'model': {'class_path': 'spanet_pl.tasks.SegmentationModule',
                   'init_args': {'backbone': 'spanet_nano', 'head': head, 'head_kwargs': HEAD_KWARGS[head],
                                 'num_log_images': 2, 'window': 128, 'window_stride': 64,
