@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install demo demo-seg test test-fast bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ install:  ## install spanet_pl (+ test tools) into the current Python environmen
 
 demo: install  ## the quick start: train spanet_nano on the embedded digits (CPU, about a minute)
 	$(PYTHON) -m spanet_pl fit --config cli_configs/quickstart.yaml
+
+demo-seg: install  ## the segmentation quick start: spanet_nano + Semantic FPN on embedded digit scenes (CPU, < 2 min)
+	$(PYTHON) -m spanet_pl fit --config cli_configs/segmentation/quickstart.yaml
 
 test: install  ## install, then run the whole test-suite
 	$(PYTHON) -m pytest -q
