@@ -5,7 +5,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
@@ -13,7 +13,7 @@ from spanet_pl.errors import MissingPathError, UserInputError
 
 __all__ = [
     'IMG_EXTENSIONS', 'is_image_file', 'list_class_dirs', 'has_image_file', 'list_image_files', 'default_data_dir',
-    'materialize_atomically', 'files_by_stem', 'predict_folder', 'predict_images',
+    'materialize_atomically', 'files_by_stem', 'predict_folder', 'predict_images', 'first_names',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -61,6 +61,12 @@ def _walk_images(folder: Path) -> Iterator[str]:
 def list_image_files(folder: Path) -> List[str]:
     """Every image file under ``folder`` (recursive, symlinks followed), as sorted path strings."""
     return sorted(_walk_images(folder))
+
+
+def first_names(names: Sequence[str], k: int = 5) -> str:
+    """The first ``k`` of ``names`` joined for an error message, with a count of the rest."""
+    more = f' ... (+{len(names) - k} more)' if len(names) > k else ''
+    return ', '.join(names[:k]) + more
 
 
 def predict_folder(predict_root: Optional[str]) -> Optional[Path]:

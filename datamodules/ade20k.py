@@ -24,7 +24,7 @@ from typing_extensions import override
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from ._base import SplitDataModule
-from ._files import files_by_stem, is_image_file, predict_folder, predict_images
+from ._files import files_by_stem, first_names, is_image_file, predict_folder, predict_images
 from .imagenet import ImagePathDataset, _RobustLoading
 
 __all__ = [
@@ -57,11 +57,6 @@ ADE20K_CLASSES = (
 )
 assert len(ADE20K_CLASSES) == 150
 _CAT_MAX_TRIES = 10  # mmseg's RandomCrop
-
-
-def _first(names: Sequence[str], k: int = 5) -> str:
-    more = f' ... (+{len(names) - k} more)' if len(names) > k else ''
-    return ', '.join(names[:k]) + more
 
 
 def is_annotation_file(name: str) -> bool:
@@ -101,7 +96,7 @@ def list_segmentation_pairs(image_dir: Path, annotation_dir: Path) -> List[Tuple
     annotations, annotation_dups = files_by_stem(annotation_dir, is_annotation_file)
     for folder, dups in ((image_dir, image_dups), (annotation_dir, annotation_dups)):
         if dups:
-            raise UserInputError(f'{folder} holds several files with the same name stem ({_first(dups)}); '
+            raise UserInputError(f'{folder} holds several files with the same name stem ({first_names(dups)}); '
                                  f'images and annotations are paired by stem')
     if not images:
         raise UserInputError(f'{image_dir} holds no image file')
@@ -109,7 +104,7 @@ def list_segmentation_pairs(image_dir: Path, annotation_dir: Path) -> List[Tuple
     if missing:
         raise UserInputError(
             f'{len(missing)} of {len(images)} images in {image_dir} have no annotation <stem>.png in {annotation_dir}: '
-            f'{_first(missing)}')
+            f'{first_names(missing)}')
     orphans = len(annotations.keys() - images.keys())
     if orphans:
         _logger.warning('%d annotations in %s have no image in %s; ignored', orphans, annotation_dir, image_dir)
@@ -392,7 +387,7 @@ class SegmentationDataset(_RobustLoading, Dataset):
             else:
                 meaning = f'expected 0..{self.num_classes - 1} or 255 (ignored)'
             raise UserInputError(
-                f'annotation {annotation_path} has label values {_first([str(v) for v in bad], 10)} outside '
+                f'annotation {annotation_path} has label values {first_names([str(v) for v in bad], 10)} outside '
                 f'num_classes={self.num_classes} with reduce_zero_label={self.reduce_zero_label}: {meaning}')
         return self._table[labels.astype(np.uint8, copy=False)]
 

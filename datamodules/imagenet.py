@@ -19,7 +19,7 @@ from typing_extensions import override
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from ._base import SplitDataModule
-from ._files import IMG_EXTENSIONS, has_image_file, list_class_dirs, predict_folder, predict_images
+from ._files import IMG_EXTENSIONS, first_names, has_image_file, list_class_dirs, predict_folder, predict_images
 
 __all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset']
 
@@ -153,11 +153,6 @@ class ImagePathDataset(_RobustLoading, Dataset):
         return image, index
 
 
-def _first(names: Sequence[str], k: int = 5) -> str:
-    more = f' ... (+{len(names) - k} more)' if len(names) > k else ''
-    return ', '.join(names[:k]) + more
-
-
 def scan_image_folder_layout(root: Path) -> List[str]:
     """Check ``root/{train,val}/<class>/`` cheaply and return the sorted class names.
 
@@ -182,8 +177,8 @@ def scan_image_folder_layout(root: Path) -> List[str]:
     if train != val:
         only_train = sorted(set(train) - set(val))
         only_val = sorted(set(val) - set(train))
-        parts = [f'only in {split}/: {_first(names)}' for split, names in (('train', only_train), ('val', only_val))
-                 if names]
+        parts = [f'only in {split}/: {first_names(names)}'
+                 for split, names in (('train', only_train), ('val', only_val)) if names]
         raise UserInputError(f'class folders differ between {root}/train and {root}/val; {"; ".join(parts)}')
     for split in ('train', 'val'):
         for name in train:
