@@ -2,12 +2,13 @@
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
+
+from ..models.heads import resize_to_original
 
 __all__ = ['SegmentationImageLogger', 'default_palette', 'colorize', 'render_sample']
 
@@ -99,9 +100,9 @@ class SegmentationImageLogger(Callback):
             if len(self.samples) >= self.num_images:
                 break
             if sized is not None:  # the image was resized for the network, mask and prediction are at the original size
-                (h, w), (in_h, in_w) = sized['size'][i].tolist(), sized['input_size'][i].tolist()
-                image = F.interpolate(image[None, :, :in_h, :in_w].float(), size=(h, w), mode='bilinear',
-                                      align_corners=False)[0]
+                size = sized['size'][i:i + 1]
+                image = resize_to_original(image[None].float(), sized['input_size'][i:i + 1], size)[0]
+                (h, w), = size.tolist()
                 mask, pred = mask[:h, :w], pred[:h, :w]
             self.samples.append((image.detach().cpu(), mask.detach().cpu(), pred.detach().cpu()))
 

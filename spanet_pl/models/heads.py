@@ -6,7 +6,7 @@
   as mmsegmentation's ``FPN`` + ``FPNHead`` used for the ADE20K tables of PoolFormer, SPANet and SPANetV2.
 
 Heads map a list of NCHW maps to logits at the stride of the finest level they use (1/4 for the FPN); the task
-upsamples them to the input size.
+upsamples them to the input size, and ``resize_to_original`` takes them from there to each image's original size.
 """
 import math
 from collections import OrderedDict
@@ -19,7 +19,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..errors import UserInputError
 
-__all__ = ['FCNHead', 'SemanticFPNHead', 'HEADS', 'conv_norm_act']
+__all__ = ['FCNHead', 'SemanticFPNHead', 'HEADS', 'conv_norm_act', 'resize_to_original']
 
 
 def _norm(norm: str, channels: int) -> nn.Module:
@@ -162,3 +162,23 @@ class SemanticFPNHead(nn.Module):
 
 
 HEADS: Dict[str, Type[nn.Module]] = {'fcn': FCNHead, 'fpn': SemanticFPNHead}
+
+
+def resize_to_original(logits: torch.Tensor, input_sizes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Each image's logits cropped to its ``input_size`` (out of a padded batch) and resized bilinearly to its
+    original ``size``, as mmseg does before its metrics; returned padded at the bottom/right to the largest size.
+
+    Args:
+        logits: (B, C, H', W') at the network's input resolution.
+        input_sizes: (B, 2) size of every image before the batch was padded.
+        sizes: (B, 2) original size of every image (its annotation's size).
+    """
+    sizes_list, input_list = sizes.tolist(), input_sizes.tolist()
+    height, width = max(h for h, _ in sizes_list), max(w for _, w in sizes_list)
+    out = logits.new_zeros((logits.shape[0], logits.shape[1], height, width))
+    for i, ((h, w), (in_h, in_w)) in enumerate(zip(sizes_list, input_list)):
+        row = logits[i:i + 1, :, :in_h, :in_w]
+        if (h, w) != (in_h, in_w):
+            row = F.interpolate(row, size=(h, w), mode='bilinear', align_corners=False)
+        out[i, :, :h, :w] = row[0]
+    return out

@@ -24,7 +24,7 @@ from typing_extensions import override
 from ..callbacks.segmentation import SegmentationImageLogger
 from ..errors import MissingPathError, UserInputError
 from ..models import ExSPAM, convert_official_state_dict, create_backbone, load_official_checkpoint
-from ..models.heads import HEADS
+from ..models.heads import HEADS, resize_to_original
 from .classification import weight_decay_groups
 
 __all__ = ['SegmentationModule', 'load_backbone_weights', 'resize_to_original', 'slide_inference']
@@ -117,26 +117,6 @@ def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, cr
             logits[:, :, y1:y2, x1:x2] += model(images[:, :, y1:y2, x1:x2]).float()
             count[:, :, y1:y2, x1:x2] += 1
     return logits / count
-
-
-def resize_to_original(logits: torch.Tensor, input_sizes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Each image's logits cropped to its ``input_size`` (out of a padded batch) and resized bilinearly to its
-    original ``size``, as mmseg does before its metrics; returned padded at the bottom/right to the largest size.
-
-    Args:
-        logits: (B, C, H', W') at the network's input resolution.
-        input_sizes: (B, 2) size of every image before the batch was padded.
-        sizes: (B, 2) original size of every image (its annotation's size).
-    """
-    sizes_list, input_list = sizes.tolist(), input_sizes.tolist()
-    height, width = max(h for h, _ in sizes_list), max(w for _, w in sizes_list)
-    out = logits.new_zeros((logits.shape[0], logits.shape[1], height, width))
-    for i, ((h, w), (in_h, in_w)) in enumerate(zip(sizes_list, input_list)):
-        row = logits[i:i + 1, :, :in_h, :in_w]
-        if (h, w) != (in_h, in_w):
-            row = F.interpolate(row, size=(h, w), mode='bilinear', align_corners=False)
-        out[i, :, :h, :w] = row[0]
-    return out
 
 
 class SegmentationModule(LightningModule):
