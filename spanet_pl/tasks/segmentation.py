@@ -265,7 +265,7 @@ class SegmentationModule(LightningModule):
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, masks = batch[:2]
+        images, masks = batch
         self._check_batch(images, masks)
         loss = self._loss(self(images), masks)
         if not torch.isfinite(loss):
