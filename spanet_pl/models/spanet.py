@@ -82,7 +82,9 @@ class SPAM(nn.Module):
         """The per-channel half-spectrum masks used at an (height, width) feature map."""
         return spam_masks(height, width, self.radius, self.lambdas, self.group_sizes, device)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def modulation(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """The depthwise context and the aggregated spectral context that modulates it (both NCHW); ``forward``
+        returns ``proj_out`` of their product. Analyses call this to see the context without storing it."""
         x = self.conv(self.proj_in(x))
         ctx = x
         if self.use_filter:
@@ -90,7 +92,10 @@ class SPAM(nn.Module):
         # Summing a 1x1 conv per channel group equals one 1x1 conv over all groups with the weights side by side.
         weight = torch.cat([pw.weight for pw in self.pws], dim=1)
         bias = torch.stack([pw.bias for pw in self.pws]).sum(0)
-        ctx = F.conv2d(ctx, weight, bias)
+        return x, F.conv2d(ctx, weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, ctx = self.modulation(x)
         return self.proj_out(x * ctx)
 
 
