@@ -1,7 +1,8 @@
 """The project's LightningCLI: ``python -m spanet_pl {fit,validate,test,predict} --config FILE.yaml``.
 
 Every run gets a TensorBoard logger (``logs/<name>/version_N``), a best checkpoint on the task's metric, a
-``last.ckpt`` refreshed every few hundred steps, a learning-rate monitor, a progress bar and a seed.
+``last.ckpt`` refreshed every few hundred steps, a learning-rate monitor, a progress bar, a seed and, when a fit
+ends, a ``metrics.json`` in its log folder.
 ``--ckpt_path last`` resumes the newest run of the same logger name from its ``last.ckpt``, in the same log folder.
 """
 import logging
@@ -16,7 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from .callbacks import LastCheckpoint, PredictionWriter
+from .callbacks import LastCheckpoint, MetricsJSON, PredictionWriter
 
 __all__ = ['SpanetCLI', 'find_last_checkpoint']
 
@@ -70,6 +71,7 @@ class SpanetCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, 'lr_monitor')
         parser.set_defaults({'lr_monitor.logging_interval': 'step'})
         parser.add_lightning_class_args(PredictionWriter, 'prediction_writer')
+        parser.add_lightning_class_args(MetricsJSON, 'metrics_json')  # metrics.json at the end of every fit
 
     @override
     def before_instantiate_classes(self) -> None:

@@ -1,5 +1,6 @@
 from .checkpoints import LastCheckpoint
+from .metrics import MetricsJSON
 from .predictions import PredictionWriter
 from .segmentation import SegmentationImageLogger
 
-__all__ = ['LastCheckpoint', 'PredictionWriter', 'SegmentationImageLogger']
+__all__ = ['LastCheckpoint', 'MetricsJSON', 'PredictionWriter', 'SegmentationImageLogger']

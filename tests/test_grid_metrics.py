@@ -1,0 +1,54 @@
+"""metrics.json, which every fit writes at its end and the grid reads instead of checkpoints: best and last metric
+with epoch/step, wall time summed over a resume, parameters, MACs, status. (A failed fit's metrics.json is checked
+by the SLURM grid test in test_grid_e2e.py, whose diverging cell fails inside a job.)"""
+import json
+
+import pytest
+import yaml
+
+from spanet_pl.__main__ import main as cli_main
+
+from conftest import cli_trainer_config, colour_image_tree
+
+
+def fit(tmp_path, root, *extra, max_epochs=2):
+    config = {
+        'seed_everything': 0,
+        'trainer': cli_trainer_config(tmp_path / 'logs', max_epochs=max_epochs),
+        'model': {'class_path': 'spanet_pl.tasks.ClassificationModule',
+                  'init_args': {'backbone': 'spanet_nano', 'warmup_epochs': 0,
+                                'optimizer': {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 2e-3}}}},
+        'data': {'class_path': 'datamodules.ImageNetDataModule',
+                 'init_args': {'root': str(root), 'batch_size': 4, 'num_workers': 0, 'img_size': 32,
+                               'auto_augment': None, 're_prob': 0.0, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
+                               'hflip': 0.0}},
+    }
+    path = tmp_path / 'config.yaml'
+    path.write_text(yaml.safe_dump(config))
+    return cli_main(['fit', '--config', str(path), *extra])
+
+
+def test_metrics_json_finished_and_resumed(tmp_path):
+    root = colour_image_tree(tmp_path / 'data', ('blue', 'red'), (4, 2))
+    cli = fit(tmp_path, root)
+    run_dir = tmp_path / 'logs' / 'run' / 'version_0'
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert metrics['status'] == 'finished' and metrics['error'] is None
+    assert (metrics['monitor'], metrics['mode']) == ('val/acc1', 'max')
+    assert metrics['last'] == {'value': pytest.approx(float(cli.trainer.callback_metrics['val/acc1'])),
+                               'epoch': 1, 'step': 4}
+    checkpoint = cli.trainer.checkpoint_callback
+    assert metrics['best']['value'] == pytest.approx(float(checkpoint.best_model_score))
+    assert f'step{metrics["best"]["step"]}' in checkpoint.best_model_path  # the best checkpoint's own step
+    params = sum(p.numel() for p in cli.model.parameters())
+    assert metrics['params'] == metrics['params_total'] == params
+    assert metrics['input_shape'] == [3, 32, 32] and metrics['macs'] > 1e6 and metrics['fft_flops'] > 0
+    assert metrics['wall_s'] > 0
+
+    # resumed for a third epoch: the wall time continues from the checkpoint's
+    fit(tmp_path, root, '--ckpt_path', str(run_dir / 'checkpoints' / 'last.ckpt'),
+        '--trainer.logger.init_args.version', '0', max_epochs=3)
+    resumed = json.loads((run_dir / 'metrics.json').read_text())
+    assert resumed['status'] == 'finished' and resumed['last']['epoch'] == 2 and resumed['step'] == 6
+    assert resumed['wall_s'] > metrics['wall_s']
+
