@@ -1,13 +1,17 @@
-"""The ablation grid runner: cells from a grid file, validation before anything runs, summary, skip on re-run,
-resume, a failing cell, the shipped grids."""
+"""Ablation grids without training: grid files → seeded runs, bad input as one line before anything runs, executor
+options and SLURM resources, loggers kept, Welch's CI, the report from run folders, the shipped grids."""
 import csv
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from spanet_pl.grid import load_grid, main
+from spanet_pl.callbacks.metrics import write_json_atomic
+from spanet_pl.grid import cell_stats, collect, executor_options, load_grid, main, make_plan, report_grid
+from spanet_pl.grid import welch_difference
 
 from conftest import colour_image_tree
 
@@ -19,23 +23,21 @@ LR = 'model.init_args.optimizer.init_args.lr'
 
 @pytest.fixture
 def image_tree(tmp_path):
-    """A real ImageFolder tree whose two classes differ in colour: 8 training images (two batches of 4), 4 val."""
+    """A real ImageFolder tree whose two classes differ in colour: 8 training images, 4 val."""
     return colour_image_tree(tmp_path / 'data', CLASSES, (4, 2))
 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """Grids run from a scratch folder; their cells use one thread each (two cells share the two cores)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
     return tmp_path
 
 
-def write_base(tmp_path, root) -> Path:
+def write_base(folder, root, **trainer) -> Path:
     config = {
         'seed_everything': 0,
         'trainer': {'accelerator': 'cpu', 'devices': 1, 'max_epochs': 1, 'log_every_n_steps': 1,
-                    'enable_model_summary': False},
+                    'enable_model_summary': False, **trainer},
         'model': {'class_path': 'spanet_pl.tasks.ClassificationModule',
                   'init_args': {'backbone': 'spanet_nano', 'warmup_epochs': 0,
                                 'backbone_kwargs': {'radii': [2, 2, 1, 1]},
@@ -45,48 +47,89 @@ def write_base(tmp_path, root) -> Path:
                                'auto_augment': None, 're_prob': 0.0, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
                                'hflip': 0.0}},
     }
-    path = tmp_path / 'base.yaml'
+    path = Path(folder) / 'base.yaml'
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def write_grid(tmp_path, name='ablation', **spec) -> Path:
-    path = tmp_path / f'{name}.yaml'
+def write_grid(folder, name='ablation', **spec) -> Path:
+    path = Path(folder) / f'{name}.yaml'
     path.write_text(yaml.safe_dump({'base': 'base.yaml', **spec}, sort_keys=False))
     return path
 
 
-def nano_params() -> int:
-    import timm
-    return sum(p.numel() for p in timm.create_model('spanet_nano', num_classes=len(CLASSES)).parameters())
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('spanet_pl.grid: error: '), err
+    return err[0]
 
 
-def read_summary(grid_dir: Path):
-    with open(grid_dir / 'summary.csv') as fh:
-        return {row['cell']: row for row in csv.DictReader(fh)}
-
-
-def test_cells_from_a_grid_file(tmp_path, image_tree):
+def test_cells_and_seeded_runs_from_a_grid_file(tmp_path, image_tree):
     write_base(tmp_path, image_tree)
-    path = write_grid(tmp_path, overrides={'trainer.max_epochs': 3},
-                      grid={FILTER: [True, False], LR: [1e-3, 3e-3]},
-                      variants={'k5 / wide': {'model.init_args.backbone_kwargs.kernel_size': 5}, 'base': None})
+    path = write_grid(tmp_path, overrides={'trainer.max_epochs': 3}, grid={FILTER: [True, False], LR: [1e-3, 3e-3]},
+                      variants={'k5 / wide': {'model.init_args.backbone_kwargs.kernel_size': 5}, 'base': None},
+                      seeds=[0, 7], reference='base')
     grid = load_grid(path, sets=['data.init_args.batch_size=2'], log_root=tmp_path / 'logs')
-    names = [cell.name for cell in grid.cells]
-    assert names == ['spectral_filter=true,lr=0.001', 'spectral_filter=true,lr=0.003',
-                     'spectral_filter=false,lr=0.001', 'spectral_filter=false,lr=0.003', 'k5_wide', 'base']
-    cell = grid.cells[2]
-    assert cell.overrides == {FILTER: False, LR: 1e-3}
-    init = cell.config['model']['init_args']
+    assert [c.name for c in grid.cells] == ['spectral_filter=true,lr=0.001', 'spectral_filter=true,lr=0.003',
+                                            'spectral_filter=false,lr=0.001', 'spectral_filter=false,lr=0.003',
+                                            'k5_wide', 'base']
+    assert grid.reference == 'base' and grid.seeds == [0, 7] and len(grid.runs) == 12
+    assert [r.name for r in grid.runs[:2]] == ['spectral_filter=true,lr=0.001/seed=0',
+                                               'spectral_filter=true,lr=0.003/seed=0']  # seed-major
+    run = grid.cells[2].runs[1]
+    assert grid.cells[2].overrides == {FILTER: False, LR: 1e-3}
+    config = run.config
+    assert config['seed_everything'] == 7
     # a key inside the backbone_kwargs dict argument is merged into it, the base's other kwargs stay
-    assert init['backbone_kwargs'] == {'radii': [2, 2, 1, 1], 'spectral_filter': False}
-    assert init['optimizer'] == {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 1e-3}}
-    assert cell.config['trainer']['max_epochs'] == 3 and cell.config['data']['init_args']['batch_size'] == 2
-    logger = cell.config['trainer']['logger']['init_args']
-    assert logger['save_dir'] == str(tmp_path / 'logs' / 'ablation')
-    assert (logger['name'], logger['version']) == (cell.name, '')
-    assert grid.cells[4].config['model']['init_args']['backbone_kwargs']['kernel_size'] == 5
-    assert len({c.config_sha for c in grid.cells}) == len(grid.cells)
+    assert config['model']['init_args']['backbone_kwargs'] == {'radii': [2, 2, 1, 1], 'spectral_filter': False}
+    assert config['trainer']['max_epochs'] == 3 and config['data']['init_args']['batch_size'] == 2
+    run_dir = tmp_path / 'logs' / 'ablation' / 'spectral_filter=false,lr=0.001' / 'seed=7'
+    assert run.dir == run_dir and config['trainer']['default_root_dir'] == str(run_dir)
+    assert config['checkpoint']['dirpath'] == config['last_checkpoint']['dirpath'] == str(run_dir / 'checkpoints')
+    assert config['metrics_json']['dirpath'] == str(run_dir)
+    logger = config['trainer']['logger']  # no logger in the base: TensorBoard straight into the run's folder
+    assert logger['init_args'] == {'default_hp_metric': False, 'save_dir': str(tmp_path / 'logs' / 'ablation'),
+                                   'name': 'spectral_filter=false,lr=0.001', 'version': 'seed=7'}
+    assert len({r.config_sha for r in grid.runs}) == 12
+    assert load_grid(path, seeds='3').seeds == [0, 1, 2] and load_grid(path, seeds='0,5').seeds == [0, 5]
+    assert load_grid(write_grid(tmp_path, 'plain', grid={LR: [1e-3]})).seeds == [0]  # the base's seed_everything
+
+
+def test_loggers_are_kept_with_the_runs_name(tmp_path, image_tree):
+    base = write_base(tmp_path, image_tree, logger=[
+        {'class_path': 'lightning.pytorch.loggers.CSVLogger', 'init_args': {'save_dir': 'elsewhere'}},
+        {'class_path': 'lightning.pytorch.loggers.WandbLogger', 'init_args': {'project': 'spanet', 'offline': True}},
+        {'class_path': 'lightning.pytorch.loggers.MLFlowLogger', 'init_args': {'tracking_uri': 'file:./ml'}}])
+    grid = load_grid(write_grid(tmp_path, grid={LR: [1e-3, 3e-3]}, seeds=2), base=str(base), log_root='logs')
+    run = grid.cells[1].runs[1]
+    csv_logger, wandb, mlflow = (item['init_args'] for item in run.config['trainer']['logger'])
+    assert csv_logger == {'save_dir': 'logs/ablation', 'name': 'lr=0.003', 'version': 'seed=1'}
+    assert (wandb['project'], wandb['offline'], wandb['name'], wandb['group']) == ('spanet', True, 'lr=0.003/seed=1',
+                                                                                 'ablation')
+    assert wandb['version'] == load_grid(grid.path, base=str(base), log_root='logs').cells[1].runs[1].config[
+        'trainer']['logger'][1]['init_args']['version']  # stable: a requeued run continues the same W&B run
+    assert mlflow == {'tracking_uri': 'file:./ml', 'experiment_name': 'ablation', 'run_name': 'lr=0.003/seed=1'}
+
+
+@pytest.mark.parametrize('spec, message', [
+    ({'grid': {LR: [1e-3]}, 'seeds': 0}, r'seeds must be a count >= 1'),
+    ({'grid': {LR: [1e-3]}, 'seeds': [1, 1]}, r'seeds \[1, 1\] repeat a seed'),
+    ({'grid': {LR: [1e-3]}, 'reference': 'nope'}, r"reference 'nope' is not one of its cells: lr=0.001"),
+    ({'grid': {LR: 1e-3}}, r'grid key .*lr needs a non-empty list'),
+    ({'grid': {LR: [1e-3]}, 'sedes': 3}, r'unknown top-level key\(s\) sedes'),
+    ({'grid': {LR: [1e-3]}, 'executor': {'name': 'pbs'}}, r"executor 'pbs' is not one of local, slurm"),
+    ({'grid': {LR: [1e-3]}, 'executor': {'gpus': 8}}, r"unknown executor option 'gpus'"),
+    ({'grid': {LR: [1e-3]}, 'executor': {'name': 'slurm', 'nodes': 'two'}}, r"executor.nodes must be a positive int"),
+    ({'grid': {LR: [1e-3]}, 'executor': {'time': '1 day'}}, r"time '1 day' must be minutes, HH:MM:SS"),
+])
+def test_bad_grid_files_fail_in_one_line(workdir, image_tree, capsys, spec, message):
+    write_base(workdir, image_tree)
+    path = write_grid(workdir, **spec)
+    assert main([str(path), '--dry-run']) == 2
+    line = one_line_error(capsys)
+    assert re.search(message, line), line
+    assert str(path) in line or 'seeds' in message
+    assert not (workdir / 'logs').exists()
 
 
 @pytest.mark.parametrize('key, message', [
@@ -94,84 +137,126 @@ def test_cells_from_a_grid_file(tmp_path, image_tree):
     ('model.init_args.backbone_kwargs.kernel_sizez', r"kernel_sizez"),            # not a backbone argument
     ('model.init_args.backbone_kwargs.lambdas', r"24 channels cannot be split"),  # a value the model rejects
 ])
-def test_bad_cell_rejected_before_any_cell_runs(workdir, image_tree, capsys, key, message):
-    import re
+def test_bad_cell_rejected_before_any_run_starts(workdir, image_tree, capsys, key, message):
     write_base(workdir, image_tree)
-    path = write_grid(workdir, grid={LR: [1e-3, 3e-3]}, variants={'oops': {key: [0.1] * 7}})
+    path = write_grid(workdir, grid={LR: [1e-3, 3e-3]}, variants={'oops': {key: [0.1] * 7}}, seeds=2)
     assert main([str(path), '--max-parallel', '2']) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('spanet_pl.grid: error: cell oops: '), err
-    assert re.search(message, err[0]), err[0]
+    line = one_line_error(capsys)
+    assert line.startswith('spanet_pl.grid: error: cell oops: ') and re.search(message, line), line
     assert not (workdir / 'logs').exists(), 'nothing may be written before every cell validated'
 
 
-def test_dry_run_lists_cells_and_commands(workdir, image_tree, capsys):
+def test_dry_run_lists_runs_commands_and_jobs(workdir, image_tree, capsys):
     write_base(workdir, image_tree)
-    path = write_grid(workdir, grid={FILTER: [True, False]})
-    assert main([str(path), '--dry-run']) == 0
+    path = write_grid(workdir, grid={FILTER: [True, False]}, seeds=2)
+    assert main([str(path), '--dry-run', '--max-parallel', '2']) == 0
     out = capsys.readouterr().out
-    for name in ('spectral_filter=true', 'spectral_filter=false'):
-        assert f'python -m spanet_pl fit --config logs/ablation/{name}/cell.yaml' in out
-    assert f'{nano_params():,} params' in out  # each cell's model was built
+    assert 'local: 2 job(s) at once (CPU; CPU)' in out and 'reference cell spectral_filter=true' in out
+    for cell in ('spectral_filter=true', 'spectral_filter=false'):
+        for seed in (0, 1):
+            assert f'seed={seed} [pending]  python -m spanet_pl fit --config logs/ablation/{cell}/seed={seed}/cell.yaml' \
+                   in out
+    import timm
+    params = sum(p.numel() for p in timm.create_model('spanet_nano', num_classes=2).parameters())
+    assert f'{params:,} params' in out  # each cell's model was built
     assert not (workdir / 'logs').exists()
 
 
-def test_grid_runs_records_a_failure_and_skips_finished_cells(workdir, image_tree, capsys):
-    """A 2x2 grid plus a cell that diverges: the four finish, the fifth is recorded as failed with its log tail.
-    With the broken cell dropped from the file, the next invocation runs nothing; an interrupted cell resumes."""
-    write_base(workdir, image_tree)
-    grid_2x2 = {FILTER: [True, False], LR: [1e-3, 3e-3]}
-    path = write_grid(workdir, grid=grid_2x2, variants={'diverge': {LR: 1e30}})
-    assert main([str(path), '--max-parallel', '2']) == 1
+def test_slurm_resources_follow_the_trainer_config(tmp_path, image_tree):
+    base = write_base(tmp_path, image_tree, accelerator='gpu', devices=8, num_nodes=2, strategy='ddp')
+    grid = load_grid(write_grid(tmp_path, grid={LR: [1e-3, 3e-3]}, seeds=3), base=str(base))
+    options = executor_options({'name': 'slurm', 'partition': 'gpu', 'time': '2-00:00:00'},
+                               {'mem_gb': 480, 'cpus_per_task': 10, 'array_parallelism': 4, 'account': None}, 'x')
+    plan = make_plan(grid.name, grid.runs, options)
+    assert len(plan.jobs) == 6 and all(len(runs) == 1 for runs in plan.jobs)  # one array task per run
+    assert plan.parameters == {'job_name': 'grid_ablation', 'time': 2880, 'nodes': 2, 'ntasks_per_node': 8,
+                               'gpus_per_node': 8, 'cpus_per_task': 10, 'mem': '480GB', 'partition': 'gpu',
+                               'array_parallelism': 4, 'signal_delay_s': 120}
+    from submitit.slurm.slurm import _make_sbatch_string  # what submitit will hand to sbatch
+    sbatch = _make_sbatch_string(command='python -m x', folder=tmp_path / '%j', map_count=6, **plan.parameters)
+    for flag in ('--array=0-5%4', '--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8', '--mem=480GB',
+                 '--time=2880', '--partition=gpu', '--signal=USR2@120'):
+        assert f'#SBATCH {flag}' in sbatch
+    with pytest.raises(ValueError, match=r'trainer.devices is 8 but --gpus-per-node is 4'):
+        make_plan(grid.name, grid.runs, {**options, 'gpus_per_node': 4})
+    with pytest.raises(ValueError, match=r'trainer.num_nodes is 2 but --nodes is 1'):
+        make_plan(grid.name, grid.runs, {**options, 'nodes': 1})
 
-    grid_dir = workdir / 'logs' / 'ablation'
-    rows = read_summary(grid_dir)
-    assert len(rows) == 5
-    done = [name for name, row in rows.items() if row['status'] == 'done']
-    assert len(done) == 4 and rows['diverge']['status'] == 'failed'
-    for name in done:
-        cell = grid_dir / name
-        assert (cell / 'config.yaml').is_file() and (cell / 'cell.yaml').is_file()
-        assert (cell / 'checkpoints' / 'last.ckpt').is_file()
-        assert rows[name]['monitor'] == 'val/acc1' and 0 <= float(rows[name]['best']) <= 1
-        assert int(rows[name]['params']) == nano_params() and float(rows[name]['wall_s']) > 0
-    assert yaml.safe_load((grid_dir / done[0] / 'config.yaml').read_text())['trainer']['logger']['init_args'][
-        'version'] == ''  # the CLI saved its resolved config into the cell's own folder, no version_N level
-    failed = json.loads((grid_dir / 'diverge' / 'grid_status.json').read_text())
-    assert 'non-finite training loss' in failed['tail'] and failed['returncode'] == 2
-    markdown = (grid_dir / 'summary.md').read_text()
-    assert '## Failed cells' in markdown and 'non-finite training loss' in markdown
-    assert markdown.count('| done |') == 4 and markdown.count('| failed |') == 1
 
-    # one TensorBoard dashboard: every finished cell carries hparams and its best metric
+def test_welch_difference_matches_the_formula():
+    a, b = [0.91, 0.93, 0.92, 0.95], [0.90, 0.89, 0.92]
+    diff = welch_difference(a, b)
+    from scipy import stats
+    va, vb = stats.tvar(a) / len(a), stats.tvar(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch–Satterthwaite
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    mean = sum(a) / len(a) - sum(b) / len(b)
+    assert diff.mean == pytest.approx(mean)
+    assert (diff.low, diff.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert 0 < diff.p_value < 1
+    assert welch_difference([0.9], [0.8, 0.85]).low is None  # one run: no interval
+    assert welch_difference([0.9, 0.9], [0.9, 0.9]).text() == '+0.0000 (CI n/a)'  # no variance: no interval
+
+
+def fake_run(run, status, best=None, steps=(), seed_shift=0.0):
+    """A run folder as a finished (or failed) job leaves it: run.json, metrics.json, TensorBoard scalars."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.dir / 'run.json', {'status': status, 'config_sha': run.config_sha, 'attempts': 1,
+                                             'error': 'FloatingPointError: non-finite loss' if status == 'failed'
+                                             else None})
+    (run.dir / 'run.log').write_text('epoch 0\nspanet_pl: error: non-finite training loss\n')
+    if best is None:
+        return
+    write_json_atomic(run.dir / 'metrics.json', {
+        'status': 'finished', 'monitor': 'val/acc1', 'best': {'value': best, 'epoch': 3, 'step': 40},
+        'last': {'value': best - 0.01, 'epoch': 4, 'step': 50}, 'wall_s': 61.0, 'params': 1000, 'macs': 2_500_000})
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(log_dir=str(run.dir)) as writer:
+        for step in steps:
+            writer.add_scalar('val/acc1', best * step / steps[-1] + seed_shift, step)
+
+
+def test_report_from_run_folders(tmp_path, image_tree):
+    """Statistics, tables, plots and hparams from what jobs leave behind; a failed run counts but is not averaged."""
+    write_base(tmp_path, image_tree)
+    grid = load_grid(write_grid(tmp_path, grid={FILTER: [True, False]}, seeds=3), log_root=tmp_path / 'logs')
+    ref, other = grid.cells
+    for i, (run, value) in enumerate(zip(ref.runs, (0.95, 0.96, 0.97))):
+        fake_run(run, 'done', value, steps=(10, 20, 30), seed_shift=i * 0.001)
+    fake_run(other.runs[0], 'done', 0.91, steps=(10, 20, 30))
+    fake_run(other.runs[1], 'done', 0.93, steps=(10, 20, 30))
+    fake_run(other.runs[2], 'failed')
+    views = collect(grid)
+    assert [v.status for v in views] == ['done', 'done', 'done', 'done', 'done', 'failed']
+    stats = cell_stats(views, [c.name for c in grid.cells], grid.reference)
+    assert (stats[other.name].n, stats[other.name].failed) == (2, 1)
+    assert stats[other.name].best.mean == pytest.approx(0.92)
+    assert stats[other.name].difference.mean == pytest.approx(0.92 - 0.96)
+    assert stats[ref.name].best.std == pytest.approx(0.01) and stats[ref.name].difference is None
+
+    report_grid(grid, views)
+    with open(grid.log_dir / 'summary.csv') as fh:
+        rows = {row['cell']: row for row in csv.DictReader(fh)}
+    assert rows[other.name]['n'] == '2' and rows[other.name]['failed'] == '1'
+    assert float(rows[other.name]['diff_low']) < -0.04 < float(rows[other.name]['diff_high'])
+    with open(grid.log_dir / 'runs.csv') as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    markdown = (grid.log_dir / 'summary.md').read_text()
+    assert '| spectral_filter=true (reference) | 3 | 0 | 0.9600 ± 0.0100 | 0.9500 ± 0.0100 |' in markdown
+    assert '| spectral_filter=false | 2 | 1 | 0.9200 ± 0.0141 | 0.9100 ± 0.0141 | -0.0400 [' in markdown
+    assert '## Failed runs' in markdown and 'non-finite training loss' in markdown
+    assert '![best](best.png)' in markdown and '![curves](curves.png)' in markdown
+    for png in ('best.png', 'curves.png'):
+        assert (grid.log_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(grid_dir / done[0])).Reload()
+    events = EventAccumulator(str(ref.runs[0].dir)).Reload()
     assert 'grid/best_val/acc1' in events.Tags()['scalars']
     assert '_hparams_/session_start_info' in events.PluginTagToContent('hparams')
-
-    # the broken cell is dropped: nothing trains again, the summary lists the four finished cells
-    checkpoints = {name: (grid_dir / name / 'checkpoints' / 'last.ckpt').stat().st_mtime_ns for name in done}
-    path = write_grid(workdir, grid=grid_2x2)
-    capsys.readouterr()
-    assert main([str(path), '--max-parallel', '2']) == 0
-    assert '4 of 4 cells already done, skipped' in capsys.readouterr().err
-    assert {name: (grid_dir / name / 'checkpoints' / 'last.ckpt').stat().st_mtime_ns for name in done} == checkpoints
-    rows = read_summary(grid_dir)
-    assert len(rows) == 4 and all(row['status'] == 'done' for row in rows.values())
-
-    # a cell whose grid process died mid-run resumes from its last.ckpt
-    state_path = grid_dir / done[0] / 'grid_status.json'
-    state = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({**state, 'status': 'running', 'pid': None}))
-    assert main([str(path), '--dry-run']) == 0
-    out = capsys.readouterr().out
-    assert '[resume' in out
-    assert f'--ckpt_path logs/ablation/{done[0]}/checkpoints/last.ckpt' in out
 
 
 @pytest.fixture(scope='module')
 def digits_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp('spanet_pl_data')
+    return tmp_path_factory.getbasetemp() / 'digits_cache'  # shared with test_grid_e2e: written once
 
 
 @pytest.mark.parametrize('grid_file', sorted(p.name for p in (REPO / 'experiments').glob('*.yaml')))
@@ -182,7 +267,7 @@ def test_shipped_grids_validate(grid_file, tmp_path, digits_cache, monkeypatch, 
     assert main([f'experiments/{grid_file}', '--dry-run', '--logs', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     grid = load_grid(REPO / 'experiments' / grid_file)
-    assert len(grid.cells) >= 2 and out.count('python -m spanet_pl fit --config') == len(grid.cells)
+    assert len(grid.cells) >= 2 and out.count('python -m spanet_pl fit --config') == len(grid.runs)
     assert not list(tmp_path.iterdir())
 
 
