@@ -1,7 +1,6 @@
 """Ablation grids without training: grid files → seeded runs, bad input as one line before anything runs, executor
 options and SLURM resources, loggers kept, Welch's CI, the report from run folders, the shipped grids."""
 import csv
-import json
 import math
 import re
 from pathlib import Path
@@ -119,7 +118,7 @@ def test_loggers_are_kept_with_the_runs_name(tmp_path, image_tree):
     ({'grid': {LR: [1e-3]}, 'sedes': 3}, r'unknown top-level key\(s\) sedes'),
     ({'grid': {LR: [1e-3]}, 'executor': {'name': 'pbs'}}, r"executor 'pbs' is not one of local, slurm"),
     ({'grid': {LR: [1e-3]}, 'executor': {'gpus': 8}}, r"unknown executor option 'gpus'"),
-    ({'grid': {LR: [1e-3]}, 'executor': {'name': 'slurm', 'nodes': 'two'}}, r"executor.nodes must be a positive int"),
+    ({'grid': {LR: [1e-3]}, 'executor': {'name': 'slurm', 'nodes': 'two'}}, r"executor: nodes must be a positive int"),
     ({'grid': {LR: [1e-3]}, 'executor': {'time': '1 day'}}, r"time '1 day' must be minutes, HH:MM:SS"),
 ])
 def test_bad_grid_files_fail_in_one_line(workdir, image_tree, capsys, spec, message):
@@ -154,8 +153,8 @@ def test_dry_run_lists_runs_commands_and_jobs(workdir, image_tree, capsys):
     assert 'local: 2 job(s) at once (CPU; CPU)' in out and 'reference cell spectral_filter=true' in out
     for cell in ('spectral_filter=true', 'spectral_filter=false'):
         for seed in (0, 1):
-            assert f'seed={seed} [pending]  python -m spanet_pl fit --config logs/ablation/{cell}/seed={seed}/cell.yaml' \
-                   in out
+            command = f'python -m spanet_pl fit --config logs/ablation/{cell}/seed={seed}/cell.yaml'
+            assert f'seed={seed} [pending]  {command}' in out
     import timm
     params = sum(p.numel() for p in timm.create_model('spanet_nano', num_classes=2).parameters())
     assert f'{params:,} params' in out  # each cell's model was built
@@ -167,6 +166,8 @@ def test_slurm_resources_follow_the_trainer_config(tmp_path, image_tree):
     grid = load_grid(write_grid(tmp_path, grid={LR: [1e-3, 3e-3]}, seeds=3), base=str(base))
     options = executor_options({'name': 'slurm', 'partition': 'gpu', 'time': '2-00:00:00'},
                                {'mem_gb': 480, 'cpus_per_task': 10, 'array_parallelism': 4, 'account': None}, 'x')
+    with pytest.raises(ValueError, match=r'^--max-parallel: max_parallel must be a positive int, got 0$'):
+        executor_options({}, {'max_parallel': 0}, 'x')
     plan = make_plan(grid.name, grid.runs, options)
     assert len(plan.jobs) == 6 and all(len(runs) == 1 for runs in plan.jobs)  # one array task per run
     assert plan.parameters == {'job_name': 'grid_ablation', 'time': 2880, 'nodes': 2, 'ntasks_per_node': 8,

@@ -4,28 +4,19 @@ by the SLURM grid test in test_grid_e2e.py, whose diverging cell fails inside a 
 import json
 
 import pytest
-import yaml
 
 from spanet_pl.__main__ import main as cli_main
 
-from conftest import cli_trainer_config, colour_image_tree
+from conftest import colour_image_tree
+from test_grid import write_base
 
 
 def fit(tmp_path, root, *extra, max_epochs=2):
-    config = {
-        'seed_everything': 0,
-        'trainer': cli_trainer_config(tmp_path / 'logs', max_epochs=max_epochs),
-        'model': {'class_path': 'spanet_pl.tasks.ClassificationModule',
-                  'init_args': {'backbone': 'spanet_nano', 'warmup_epochs': 0,
-                                'optimizer': {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 2e-3}}}},
-        'data': {'class_path': 'datamodules.ImageNetDataModule',
-                 'init_args': {'root': str(root), 'batch_size': 4, 'num_workers': 0, 'img_size': 32,
-                               'auto_augment': None, 're_prob': 0.0, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
-                               'hflip': 0.0}},
-    }
-    path = tmp_path / 'config.yaml'
-    path.write_text(yaml.safe_dump(config))
-    return cli_main(['fit', '--config', str(path), *extra])
+    """A tiny classification fit through the CLI (the grid tests' base config), logging to logs/run/version_0."""
+    base = write_base(tmp_path, root, max_epochs=max_epochs, enable_progress_bar=False,
+                      logger={'class_path': 'lightning.pytorch.loggers.TensorBoardLogger',
+                              'init_args': {'save_dir': str(tmp_path / 'logs'), 'name': 'run'}})
+    return cli_main(['fit', '--config', str(base), *extra])
 
 
 def test_metrics_json_finished_and_resumed(tmp_path):

@@ -6,9 +6,10 @@ ordinary ``python -m spanet_pl fit`` in ``logs/<grid>/<cell>/seed=<seed>/``, run
 processes, or one SLURM job array per grid with requeue on preemption. The summary reports n, mean ± std and each
 cell's difference to the reference with a Welch's t confidence interval, from every fit's ``metrics.json``.
 
-Modules, in the order data flows: ``spec`` (grid files → runs), ``validate`` (every cell through the CLI's parser),
-``execution`` (submitit executors) and ``job`` (what a job runs), ``state`` (what run folders say), ``stats`` and
-``report`` / ``plots``, ``runner`` (one invocation), ``cli`` (the command line).
+Modules, in the order data flows: ``spec`` (grid files → runs) with ``runconfig`` (a run's own config),
+``validate`` (every cell through the CLI's parser), ``execution`` (submitit executors) and ``job`` (what a job
+runs), ``state`` (what run folders say), ``stats`` and ``report`` / ``plots``, ``runner`` (one invocation), ``cli``
+(the command line).
 """
 from .cli import main
 from .execution import executor_options, make_plan

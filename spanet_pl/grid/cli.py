@@ -1,4 +1,4 @@
-"""The command line: ``python -m spanet_pl.grid [run] GRID.yaml [options]``, ``... status GRID``, ``... report GRID``."""
+"""The command line: ``python -m spanet_pl.grid [run] GRID.yaml [options]``, ``status GRID``, ``report GRID``."""
 import argparse
 import sys
 from pathlib import Path
@@ -98,8 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         grid = load_grid(args.grid, base=args.base, name=args.name, sets=args.sets, seeds=args.seeds,
                          log_root=args.logs)
         cli_options = {key: getattr(args, key) for key in OPTIONS if hasattr(args, key)}
-        options = executor_options(grid.executor, {'name': args.executor, **cli_options},
-                                   f'{args.grid}: executor' if not args.executor else '--executor')
+        options = executor_options(grid.executor, {'name': args.executor, **cli_options}, args.grid)
         return run_grid(grid, options, dry_run=args.dry_run, detach=args.detach)
     except UserInputError as e:
         print(f'spanet_pl.grid: error: {e}', file=sys.stderr)

@@ -49,30 +49,39 @@ def _minutes(value: Any, where: str) -> int:
     return minutes
 
 
+def _check_option(key: str, value: Any, where: str) -> Any:
+    if key not in OPTIONS:
+        raise GridError(f'{where}: unknown executor option {key!r}; allowed: name, {", ".join(OPTIONS)}')
+    kind = OPTIONS[key][0]
+    if key == 'time':
+        return _minutes(value, where)
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise GridError(f'{where}: {key} must be a list of shell lines, got {value!r}')
+    elif kind in (int, float):
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not ok or value <= 0:
+            raise GridError(f'{where}: {key} must be a positive {kind.__name__}, got {value!r}')
+    elif not isinstance(value, str) or not value:
+        raise GridError(f'{where}: {key} must be a non-empty string, got {value!r}')
+    return value
+
+
 def executor_options(section: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> Dict[str, Any]:
-    """The grid file's ``executor:`` section with command-line ``overrides`` on top, checked: ``name`` plus
-    ``OPTIONS``; one line naming the file, key and value on anything else."""
-    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-    name = merged.pop('name', 'local')
-    if name not in EXECUTORS:
-        raise GridError(f'{where}: executor {name!r} is not one of {", ".join(EXECUTORS)}')
-    out: Dict[str, Any] = {'name': name}
-    for key, value in merged.items():
-        if key not in OPTIONS:
-            raise GridError(f'{where}: unknown executor option {key!r}; allowed: name, {", ".join(OPTIONS)}')
-        kind = OPTIONS[key][0]
-        if key == 'time':
-            value = _minutes(value, where)
-        elif kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise GridError(f'{where}: executor.{key} must be a list of shell lines, got {value!r}')
-        elif kind in (int, float):
-            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-            if not ok or value <= 0:
-                raise GridError(f'{where}: executor.{key} must be a positive {kind.__name__}, got {value!r}')
-        elif not isinstance(value, str) or not value:
-            raise GridError(f'{where}: executor.{key} must be a non-empty string, got {value!r}')
-        out[key] = value
+    """A grid file's ``executor:`` section (``where`` names the file) with command-line ``overrides`` on top
+    (None: not given), checked: ``name`` plus ``OPTIONS``; one line naming the file or option, key and value on
+    anything else."""
+    out: Dict[str, Any] = {'name': 'local'}
+    given = [(dict(section), f'{where}: executor'), ({k: v for k, v in overrides.items() if v is not None}, None)]
+    for options, origin in given:
+        for key, value in options.items():
+            label = origin or f'--{key.replace("_", "-")}'
+            if key == 'name':
+                if value not in EXECUTORS:
+                    raise GridError(f'{label}: executor {value!r} is not one of {", ".join(EXECUTORS)}')
+                out['name'] = value
+            else:
+                out[key] = _check_option(key, value, label)
     return out
 
 

@@ -121,7 +121,8 @@ def write_summary(grid: Grid, views: Sequence[RunView], plots: Sequence[str] = (
         f'# Grid `{grid.name}`', '',
         f'Grid file `{grid.path}`, base ' + ' + '.join(f'`{b}`' for b in grid.bases)
         + (f', shared overrides `{shared}`' if shared else '') + '.',
-        f'{len(grid.cells)} cells × {len(grid.seeds)} seed(s) ({", ".join(map(str, grid.seeds))}) = {len(views)} runs: '
+        f'{len(grid.cells)} cells × {len(grid.seeds)} seed(s) ({", ".join(map(str, grid.seeds))}) = '
+        f'{len(views)} runs: '
         + ', '.join(f'{n} {status}' for status, n in counts.items() if n) + '.',
         f'Best and final (last validation) metric: mean ± std over the finished runs; failed runs are counted, never '
         f'averaged in. Δ: mean best minus the reference cell\'s (`{grid.reference}`), with the 95% confidence '

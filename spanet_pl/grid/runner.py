@@ -57,8 +57,9 @@ def report_grid(grid: Grid, views: Sequence[RunView], plots: bool = True, plot_d
 def _check_clashes(grid: Grid, views: Sequence[RunView]) -> None:
     stale = [v for v in views if v.stale]
     if stale:
-        raise GridError(f'run {stale[0].run.name} finished with a different configuration ({stale[0].run.dir / RUN_STATE}); '
-                        f'give this grid a new folder with --name, or delete {stale[0].run.dir} to run it again')
+        run = stale[0].run
+        raise GridError(f'run {run.name} finished with a different configuration ({run.dir / RUN_STATE}); give this '
+                        f'grid a new folder with --name, or delete {run.dir} to run it again')
     live = [v for v in views if v.status in ('queued', 'running')]
     if live:
         jobs = sorted({v.job['job_id'] for v in live})
@@ -69,8 +70,8 @@ def _check_clashes(grid: Grid, views: Sequence[RunView]) -> None:
 
 def _dry_run(grid: Grid, views: Sequence[RunView], plan: Optional[Plan]) -> int:
     todo = [v for v in views if v.status != 'done']
-    print(f'grid {grid.name}: {len(grid.cells)} cells × {len(grid.seeds)} seed(s), {len(views) - len(todo)} runs done, '
-          f'{len(todo)} to run (logs in {grid.log_dir}/); reference cell {grid.reference}')
+    print(f'grid {grid.name}: {len(grid.cells)} cells × {len(grid.seeds)} seed(s), {len(views) - len(todo)} runs '
+          f'done, {len(todo)} to run (logs in {grid.log_dir}/); reference cell {grid.reference}')
     if plan is not None:
         print(f'  {plan.describe()}')
     for cell in grid.cells:
@@ -81,7 +82,8 @@ def _dry_run(grid: Grid, views: Sequence[RunView], plan: Optional[Plan]) -> int:
             state = 'resume' if view.status != 'done' and last.is_file() and \
                 view.state.get('config_sha') == view.run.config_sha else view.status
             resume = f' --ckpt_path {last}' if state == 'resume' else ''
-            print(f'    seed={view.run.seed} [{state}]  python -m spanet_pl fit --config {view.run.config_path}{resume}')
+            print(f'    seed={view.run.seed} [{state}]  '
+                  f'python -m spanet_pl fit --config {view.run.config_path}{resume}')
     return 0
 
 
@@ -193,7 +195,8 @@ def run_grid(grid: Grid, options: Dict[str, Any], dry_run: bool = False, detach:
     except BaseException:
         _restore(todo, previous)
         raise
-    records = {**read_json(grid.log_dir / JOBS_FILE), **{name: job_record(plan.kind, job) for name, job in jobs.items()}}
+    records = read_json(grid.log_dir / JOBS_FILE)
+    records.update({name: job_record(plan.kind, job) for name, job in jobs.items()})
     write_json_atomic(grid.log_dir / JOBS_FILE, records)
     ids = sorted({str(job.job_id) for job in jobs.values()})
     print(f'grid {grid.name}: {len(todo)} run(s) submitted, {plan.describe()}; job id(s) {", ".join(ids)}',
