@@ -2,5 +2,7 @@ from .checkpoints import LastCheckpoint
 from .metrics import MetricsJSON
 from .predictions import PredictionWriter
 from .segmentation import SegmentationImageLogger
+from .spectral import FourierSpectrumLogger, SpectralFilterLogger
 
-__all__ = ['LastCheckpoint', 'MetricsJSON', 'PredictionWriter', 'SegmentationImageLogger']
+__all__ = ['LastCheckpoint', 'MetricsJSON', 'PredictionWriter', 'SegmentationImageLogger', 'FourierSpectrumLogger',
+           'SpectralFilterLogger']
