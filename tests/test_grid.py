@@ -199,6 +199,24 @@ def test_welch_difference_matches_the_formula():
     assert welch_difference([0.9, 0.9], [0.9, 0.9]).text() == '+0.0000 (CI n/a)'  # no variance: no interval
 
 
+def test_run_status_from_its_files(tmp_path, image_tree):
+    """What a run's folder and its job's liveness say: the summary and a second runner both rely on this."""
+    write_base(tmp_path, image_tree)
+    grid = load_grid(write_grid(tmp_path, grid={LR: [1e-3]}, seeds=6), log_root=tmp_path / 'logs')
+    states = [{'status': 'queued'}, {'status': 'running', 'attempts': 1}, {'status': 'interrupted', 'attempts': 1},
+              {'status': 'done', 'attempts': 1}, {'status': 'done', 'attempts': 1}, {'status': 'failed'}]
+    for run, extra in zip(grid.runs, states):
+        sha = run.config_sha if run.seed != 4 else 'another-config'
+        write_json_atomic(run.dir / 'run.json', {**extra, 'config_sha': sha})
+    write_json_atomic(grid.runs[3].dir / 'metrics.json', {'status': 'finished'})
+    write_json_atomic(grid.log_dir / 'jobs.json', {run.name: {'executor': 'local', 'job_id': '1'} for run in grid.runs})
+    dead = [v.status for v in collect(grid, alive=lambda record: False)]
+    assert dead == ['pending', 'interrupted', 'interrupted', 'done', 'done', 'failed']
+    alive = [v.status for v in collect(grid, alive=lambda record: True)]
+    assert alive == ['queued', 'running', 'queued', 'done', 'done', 'failed']  # interrupted + live job: requeued
+    assert [v.stale for v in collect(grid)] == [False, False, False, False, True, False]
+
+
 def fake_run(run, status, best=None, steps=(), seed_shift=0.0):
     """A run folder as a finished (or failed) job leaves it: run.json, metrics.json, TensorBoard scalars."""
     run.dir.mkdir(parents=True, exist_ok=True)

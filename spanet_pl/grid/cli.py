@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from ..errors import UserInputError
 from .execution import EXECUTORS, OPTIONS, executor_options
+from .plots import read_curve
 from .report import duration
 from .runner import alive_checker, report_grid, run_grid
 from .spec import Grid, GridError, load_grid
@@ -70,13 +71,16 @@ def _status(grid: Grid) -> int:
     print(f'grid {grid.name} ({grid.log_dir}): {len(views)} runs: {counts}')
     width = max(len(v.run.name) for v in views)
     monitor = next((v.monitor for v in views if v.monitor), 'metric')
-    print(f'  {"run":<{width}}  {"status":<11}  {"best " + monitor:>14}  {"final":>7}  {"step":>6}  {"wall":>7}  '
-          f'{"tries":>5}  job')
+    print(f'  {"run":<{width}}  {"status":<11}  {"best " + monitor:>14}  {"final":>7}  {"epoch":>5}  {"step":>6}  '
+          f'{"wall":>7}  {"tries":>5}  job')
     for v in views:
         best = f'{v.best:.4f}' if v.best is not None else ''
         final = f'{v.final:.4f}' if v.final is not None else ''
-        step = v.metrics.get('step', '') if v.metrics else ''
-        print(f'  {v.run.name:<{width}}  {v.status:<11}  {best:>14}  {final:>7}  {step!s:>6}  '
+        epoch, step = v.metrics.get('epoch', ''), v.metrics.get('step', '')
+        if v.status == 'running':  # where it is now: the epoch Lightning last logged to TensorBoard
+            steps, epochs = read_curve(v.run.dir, 'epoch')
+            epoch, step = (int(epochs[-1]), steps[-1]) if steps else ('', '')
+        print(f'  {v.run.name:<{width}}  {v.status:<11}  {best:>14}  {final:>7}  {epoch!s:>5}  {step!s:>6}  '
               f'{duration(v.metrics.get("wall_s")):>7}  {v.state.get("attempts", "")!s:>5}  {v.job.get("job_id", "")}'
               + (f'  {v.state.get("error")}' if v.status == 'failed' else ''))
     return 0

@@ -5,6 +5,7 @@ environment and every task of a multi-GPU / multi-node job joins the same DDP ru
 On preemption or time-out submitit calls ``checkpoint``: the same sequence is queued again, skips the runs that are
 done and resumes the cut one from its ``checkpoints/last.ckpt``.
 """
+import gc
 import os
 import socket
 import sys
@@ -68,7 +69,11 @@ class RunSequence(submitit.helpers.Checkpointable):
             import torch
             torch.set_num_threads(self.threads)
         env = submitit.JobEnvironment()
-        return [self._run(run, env) for run in self.runs]
+        results = []
+        for run in self.runs:
+            results.append(self._run(run, env))
+            gc.collect()  # the finished run's trainer, model and loaders go before the next run starts
+        return results
 
     def _run(self, run: Dict[str, str], env: Any) -> Dict[str, Any]:
         run_dir = Path(run['dir'])

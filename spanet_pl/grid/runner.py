@@ -121,7 +121,10 @@ def _follow(grid: Grid, jobs: Dict[str, Any], kind: str) -> List[RunView]:
     from tqdm import tqdm
     alive = alive_checker(jobs)
     views = collect(grid, alive)
-    finished = lambda vs: sum(v.status in ('done', 'failed') for v in vs)  # noqa: E731
+
+    def finished(views: Sequence[RunView]) -> int:
+        return sum(v.status in ('done', 'failed') for v in views)
+
     bar = tqdm(total=len(views), initial=finished(views), desc=f'grid {grid.name}', unit='run', file=sys.stderr,
                dynamic_ncols=True)
     seen = {v.run.name: v.status for v in views}
@@ -189,6 +192,10 @@ def run_grid(grid: Grid, options: Dict[str, Any], dry_run: bool = False, detach:
     if not todo:
         report_grid(grid, views)
         return 0
+    if plan.kind == 'local' and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background (nohup, &): SIGINT is ignored and local jobs would inherit that, but submitit
+        # cancels a local job with SIGINT (and Lightning stops cleanly on it)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = _prepare_runs(todo)
     try:
         jobs = submit(plan, grid.log_dir / '.submitit', cwd=str(Path.cwd()))

@@ -92,6 +92,8 @@ def _status(run: Run, state: Mapping[str, Any], metrics: Mapping[str, Any], aliv
         return 'done' if metrics.get('status') == 'finished' else 'interrupted'
     if recorded in ('queued', 'running', 'interrupted') and alive:
         return 'queued' if recorded == 'interrupted' else recorded  # an interrupted job requeued by the engine
+    if recorded == 'queued' and not state.get('attempts'):
+        return 'pending'  # its job ended before it started
     return 'failed' if recorded == 'failed' else 'interrupted'
 
 
