@@ -6,6 +6,7 @@ On preemption or time-out submitit calls ``checkpoint``: the same sequence is qu
 done and resumes the cut one from its ``checkpoints/last.ckpt``.
 """
 import gc
+import importlib.util
 import os
 import socket
 import sys
@@ -44,6 +45,20 @@ def _output_to(path: Path) -> Iterator[None]:
                 os.close(copy)
 
 
+@contextmanager
+def _as_cli(args: List[str]) -> Iterator[None]:
+    """Look like ``python -m spanet_pl <args>`` while a run trains: Lightning starts the other ranks of a local
+    multi-device run by re-running this process's command (``python -m <__main__'s module> <sys.argv[1:]>``),
+    which in a job would be submitit's, not the CLI."""
+    import __main__
+    saved = sys.argv, getattr(__main__, '__spec__', None)
+    sys.argv, __main__.__spec__ = [sys.argv[0], *args], importlib.util.find_spec('spanet_pl.__main__')
+    try:
+        yield
+    finally:
+        sys.argv, __main__.__spec__ = saved
+
+
 def _last_line(text: str) -> str:
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), '')
 
@@ -64,7 +79,6 @@ class RunSequence(submitit.helpers.Checkpointable):
 
     def __call__(self) -> List[Dict[str, Any]]:
         os.chdir(self.cwd)
-        sys.argv = sys.argv[:1]  # submitit's own arguments are not the CLI's (which gets its args explicitly)
         if self.threads:
             import torch
             torch.set_num_threads(self.threads)
@@ -91,13 +105,13 @@ class RunSequence(submitit.helpers.Checkpointable):
                              started=time.strftime('%Y-%m-%d %H:%M:%S'))
         log = run_dir / (RUN_LOG if rank == 0 else f'run.rank{rank}.log')
         status, error = 'done', None
-        with _output_to(log):
+        with _output_to(log), _as_cli(args):
             print(f'\n=== spanet_pl.grid {time.strftime("%Y-%m-%d %H:%M:%S")} job {env.job_id} rank {rank}: '
                   f'{"resuming from " + str(resume) if resume else "starting"}\n$ python -m spanet_pl {" ".join(args)}',
                   flush=True)
             try:
                 from ..__main__ import main
-                main(args)  # returns the CLI; dropped at once, so a job's next run starts from a clean slate
+                main()  # parses sys.argv (see _as_cli); the returned CLI is dropped, the next run starts clean
             except SystemExit as exit_:
                 if exit_.code != USER_ERROR_EXIT:  # Ctrl-C, a cancel, submitit's requeue: the job stops here
                     self._record(rank, run_dir, 'interrupted', f'stopped (exit {exit_.code})')
