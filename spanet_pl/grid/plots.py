@@ -26,7 +26,7 @@ def plot_best(grid: Grid, stats: Dict[str, CellStats], monitor: str, path: Path)
     cells = [c.name for c in grid.cells if stats[c.name].n]
     if not cells:
         return None
-    fig = _figure(max(4.0, 1.3 * len(cells) + 1.5), 3.4)
+    fig = _figure(max(5.0, 1.3 * len(cells) + 1.5), 3.4)
     ax = fig.add_subplot()
     colours = _colours(len(grid.cells))
     index = {c.name: i for i, c in enumerate(grid.cells)}
@@ -46,7 +46,7 @@ def plot_best(grid: Grid, stats: Dict[str, CellStats], monitor: str, path: Path)
                   fontsize=8)
     n = sorted({stats[c].n for c in cells})
     ax.set_ylabel(f'best {monitor}')
-    ax.set_title(f'{grid.name}: best {monitor}, mean ± std over {"/".join(map(str, n))} seed(s)', fontsize=9)
+    ax.set_title(f'{grid.name}: best {monitor} (mean ± std, n = {"/".join(map(str, n))})', fontsize=9)
     ax.grid(axis='y', alpha=0.3)
     fig.savefig(path)
     return Path(path)
