@@ -184,6 +184,27 @@ def test_slurm_resources_follow_the_trainer_config(tmp_path, image_tree):
         make_plan(grid.name, grid.runs, {**options, 'nodes': 1})
 
 
+def test_local_jobs_share_out_gpus_and_cores(tmp_path, image_tree, monkeypatch):
+    """On a GPU machine one local job per GPU (or per group of trainer.devices GPUs); on a CPU machine N jobs
+    share the cores. (The CUDA_VISIBLE_DEVICES each job gets is submitit's, from these lists.)"""
+    import torch
+    grid = load_grid(write_grid(tmp_path, grid={LR: [1e-3, 3e-3]}, seeds=3),
+                     base=str(write_base(tmp_path, image_tree, accelerator='gpu', devices=1)))
+    local = executor_options({}, {}, 'x')
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    plan = make_plan(grid.name, grid.runs, local)
+    assert plan.gpus == [[0], [1], [2], [3]] and [len(runs) for runs in plan.jobs] == [2, 2, 1, 1]
+    assert plan.jobs[0] == [grid.runs[0], grid.runs[4]] and plan.threads is None  # dealt out in seed-major order
+    assert make_plan(grid.name, grid.runs, {**local, 'max_parallel': 2}).gpus == [[0], [1]]
+    grid = load_grid(grid.path, base=str(write_base(tmp_path, image_tree, accelerator='gpu', devices=2)))
+    assert make_plan(grid.name, grid.runs, local).gpus == [[0, 1], [2, 3]]
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    monkeypatch.setattr('os.cpu_count', lambda: 8)
+    grid = load_grid(grid.path, base=str(write_base(tmp_path, image_tree)))
+    plan = make_plan(grid.name, grid.runs, {**local, 'max_parallel': 2})
+    assert plan.gpus == [[], []] and plan.threads == 4 and plan.parameters['timeout_min'] >= 60 * 24 * 365
+
+
 def test_welch_difference_matches_the_formula():
     a, b = [0.91, 0.93, 0.92, 0.95], [0.90, 0.89, 0.92]
     diff = welch_difference(a, b)
