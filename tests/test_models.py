@@ -4,7 +4,7 @@ import timm
 import torch
 
 from spanet_pl.models import OFFICIAL_VARIANTS, SPAM, VARIANTS, ExSPAM, MixAttention, Attention, create_backbone
-from spanet_pl.models.spanetv2 import LearnableSigmoid
+from spanet_pl.models.exspam import LearnableSigmoid
 
 from conftest import NANO_VARIANTS
 
@@ -214,7 +214,7 @@ def test_v2_srf_activation():
     with torch.no_grad():
         mixer.srf_act.alpha.fill_(3.0)
     assert not torch.allclose(mixer.srf(56, 56), base)
-    with pytest.raises(ValueError, match="srf_act must be one of"):
+    with pytest.raises(ValueError, match=r"unknown ExSPAM srf_act 'relu'; valid names: sigmoid, learnable_sigmoid"):
         timm.create_model('spanetv2_nano_pure', srf_act='relu')
 
 
@@ -225,17 +225,35 @@ def test_v2_token_mixers_pure_hybrid_and_custom():
     assert [type(s.blocks[0].token_mixer) for s in hybrid.stages] == [ExSPAM, ExSPAM, MixAttention, Attention]
     custom = timm.create_model('spanetv2_nano_pure', token_mixers=['exspam', 'attention', 'attention', 'attention'])
     assert [type(s.blocks[0].token_mixer) for s in custom.stages] == [ExSPAM, Attention, Attention, Attention]
-    with pytest.raises(ValueError, match="unknown token mixer 'conv'"):
+    with pytest.raises(ValueError, match="unknown token mixer 'conv'; valid names: exspam, mixattention, attention"):
         timm.create_model('spanetv2_nano_pure', token_mixers='conv')
 
 
 def test_v2_head_layout_changes_the_function_not_the_parameters():
     a = timm.create_model('spanetv2_nano_pure').eval()
     b = timm.create_model('spanetv2_nano_pure', head_layout='concat').eval()
-    b.load_state_dict(a.state_dict())
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.endswith('._extra_state')})
+    assert {m.head_layout for m in mixers(b, ExSPAM)} == {'concat'}  # no layout in the state dict: b keeps its own
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert not torch.allclose(a(x), b(x))
+
+
+def test_v2_head_layout_travels_in_the_state_dict():
+    """The channel order is state: a state dict reloads alone, as a 0-d tensor (EMA copies and safetensors need
+    tensors only); a bad code is one clear line."""
+    a = timm.create_model('spanetv2_nano_hybrid', head_layout='concat').eval()
+    state = a.state_dict()
+    codes = {k: v for k, v in state.items() if k.endswith('._extra_state')}
+    assert len(codes) == len(mixers(a, ExSPAM)) and all(v.ndim == 0 and v.item() == 1 for v in codes.values())
+    b = timm.create_model('spanetv2_nano_hybrid').eval()
+    b.load_state_dict(state)
+    assert {m.head_layout for m in mixers(b, ExSPAM)} == {'concat'}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'head_layout code 7 in the state dict is not one of 0\.\.1'):
+        b.load_state_dict({**state, next(iter(codes)): torch.tensor(7)})
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """SPANet and SPANetV2 backbones; importing this package registers every variant with timm."""
-from .official import convert_official_state_dict, detect_layout, load_official_checkpoint
-from .registry import OFFICIAL_VARIANTS, VARIANTS, create_backbone, load_backbone_weights
+from .official import detect_layout
+from .registry import (OFFICIAL_VARIANTS, VARIANTS, convert_official_state_dict, create_backbone,
+                       load_backbone_weights, load_official_checkpoint)
 from .spanet import SPAM, SPANET_VARIANTS, SPANet
 from .spanetv2 import SPANETV2_VARIANTS, Attention, ExSPAM, MixAttention, SPANetV2
 

@@ -10,30 +10,30 @@ upsamples them to the input size, and ``resize_to_original`` takes them from the
 """
 import math
 from collections import OrderedDict
-from typing import Dict, List, Sequence, Type, Union
+from typing import Dict, List, Literal, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_choice
 
-__all__ = ['FCNHead', 'SemanticFPNHead', 'HEADS', 'conv_norm_act', 'resize_to_original']
+__all__ = ['FCNHead', 'SemanticFPNHead', 'HEADS', 'HeadName', 'HeadNorm', 'conv_norm_act', 'resize_to_original']
+
+HeadName = Literal['fcn', 'fpn']
+HeadNorm = Literal['bn', 'gn']
 
 
-def _norm(norm: str, channels: int) -> nn.Module:
-    if norm == 'bn':
+def _norm(norm: HeadNorm, channels: int) -> nn.Module:
+    if check_choice(norm, HeadNorm, 'norm') == 'bn':
         # a plain BatchNorm2d, so that the Trainer's sync_batchnorm switch converts it (timm's BatchNormAct2d would
         # lose its activation in torch.nn.SyncBatchNorm.convert_sync_batchnorm)
         return nn.BatchNorm2d(channels)
-    if norm == 'gn':
-        groups = math.gcd(32, channels)
-        return nn.GroupNorm(groups, channels)
-    raise UserInputError(f"unknown norm {norm!r} for a segmentation head; valid: 'bn', 'gn'")
+    return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
-def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = 'bn') -> nn.Sequential:
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, norm: HeadNorm = 'bn') -> nn.Sequential:
     """Conv (no bias) -> BatchNorm2d / GroupNorm(32) -> ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
@@ -83,7 +83,7 @@ class FCNHead(nn.Module):
             num_convs: int = 2,
             concat_input: bool = False,
             dropout: float = 0.1,
-            norm: str = 'bn',
+            norm: HeadNorm = 'bn',
     ):
         super().__init__()
         in_channels = _check_channels(in_channels, num_classes)
@@ -131,7 +131,7 @@ class SemanticFPNHead(nn.Module):
             fpn_channels: int = 256,
             head_channels: int = 128,
             dropout: float = 0.1,
-            norm: str = 'bn',
+            norm: HeadNorm = 'bn',
     ):
         super().__init__()
         in_channels = _check_channels(in_channels, num_classes)
@@ -161,7 +161,7 @@ class SemanticFPNHead(nn.Module):
         return self.classifier(out)
 
 
-HEADS: Dict[str, Type[nn.Module]] = {'fcn': FCNHead, 'fpn': SemanticFPNHead}
+HEADS: Dict[HeadName, Type[nn.Module]] = {'fcn': FCNHead, 'fpn': SemanticFPNHead}
 
 
 def resize_to_original(logits: torch.Tensor, input_sizes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

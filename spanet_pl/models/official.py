@@ -1,49 +1,73 @@
-"""Official SPANet / SPANetV2 checkpoints -> this project's module layout.
+"""Checkpoint layouts -> this project's key names: pure key maps, no model classes.
 
-Three layouts are recognised from their key names:
+Recognised from their key names:
   * ``v1``: DoranLyong/SPANet-official ``spanet.py`` (``patch_embed.proj``, ``network.{i}``, frozen ``sps.{g}.filter``);
   * ``v2``: DoranLyong/SPANetV2-official ``models/spanetv2.py`` (``local_conv_{i}`` and ``filter_{i}`` per head);
-  * ``v2_ver4``: ``models/spanetv2_ver4.py`` (``local_convs.{i}``, one ``filter``, ``scale.alpha``).
+  * ``v2_ver4``: ``models/spanetv2_ver4.py`` (``local_convs.{i}``, one ``filter``, ``scale.alpha``);
+  * ``ours``: this project's layout, passed through.
 
-``v2`` feeds heads to the grouped projection interleaved, ``v2_ver4`` concatenated; the loader sets each ExSPAM's
-``head_layout`` so the model computes what the checkpoint was trained with. Loading is strict: every key of the model
-must be filled with a tensor of its shape, and nothing may be left over.
+``v2`` feeds heads to ExSPAM's grouped projection interleaved, ``v2_ver4`` concatenated (``HEAD_LAYOUT_OF``); the
+model file turns that into each ExSPAM's ``head_layout`` state. Each model file's ``checkpoint_filter_fn`` calls
+``to_ours``; loading into a model (which needs the classes) lives in ``registry.py``.
 """
-import logging
 import os
 import re
-from typing import Dict, Mapping, Union
+from typing import Dict, Literal, Mapping, Tuple, Union
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from ..errors import MissingPathError, UserInputError
-from .spanet import SPANet
-from .spanetv2 import ExSPAM, SPANetV2
 
-__all__ = ['detect_layout', 'convert_official_state_dict', 'load_official_checkpoint']
+__all__ = ['read_checkpoint', 'unwrap', 'detect_layout', 'convert_v1', 'convert_v2', 'to_ours', 'HEAD_LAYOUT_OF']
 
-_logger = logging.getLogger(__name__)
 StateDict = Dict[str, Tensor]
+Source = Union[str, os.PathLike, Mapping]
+Family = Literal['v1', 'v2']
+
+# channel order of the ExSPAM heads each official SPANetV2 layout was trained with
+HEAD_LAYOUT_OF = {'v2': 'interleave', 'v2_ver4': 'concat'}
 
 
-def _unwrap(source: Union[str, os.PathLike, Mapping]) -> StateDict:
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise MissingPathError(f'official checkpoint {os.fspath(source)!r} does not exist')
-        source = torch.load(source, map_location='cpu', weights_only=True)
-    if not isinstance(source, Mapping):
-        raise TypeError(f'expected a checkpoint path or a state dict, got {type(source).__name__}')
+def read_checkpoint(path: Union[str, os.PathLike]) -> Mapping:
+    """``torch.load`` (weights only, on the CPU) with a one-line error naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingPathError(f'checkpoint {path!r} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
+        first = str(error).splitlines()[0] if str(error) else ''
+        raise UserInputError(f'checkpoint {path!r} could not be read as a PyTorch checkpoint: '
+                             f'{type(error).__name__}: {first}') from error
+
+
+def unwrap(source: Source) -> StateDict:
+    """The model tensors of a checkpoint path or mapping, in whatever layout it has.
+
+    Removes a ``state_dict`` / ``model`` wrapper, DDP's ``module.`` prefix, a LightningModule's ``backbone.`` prefix
+    (our classification and segmentation checkpoints: the backbone's tensors only) and the ``model.`` prefix of timm's
+    ``features_only`` wrapper.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(checkpoint, Mapping):
+        raise UserInputError(f'a checkpoint must hold a state dict, got {type(checkpoint).__name__}')
     for wrapper in ('state_dict', 'model'):
-        if wrapper in source and isinstance(source[wrapper], Mapping):
-            source = source[wrapper]
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
             break
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in source.items()}
+    state = {k.removeprefix('module.'): v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    if state and all(k.startswith('model.') for k in state):
+        state = {k[len('model.'):]: v for k, v in state.items()}
+    if not state:
+        raise UserInputError('the checkpoint holds no tensors')
+    return state
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """'v1', 'v2', 'v2_ver4' for official layouts, 'ours' for this project's, else a ValueError."""
+    """'v1', 'v2', 'v2_ver4' for official layouts, 'ours' for this project's, else a one-line UserInputError."""
     keys = set(state_dict)
     if 'stem.conv.weight' in keys:
         return 'ours'
@@ -58,11 +82,12 @@ def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
         f'keys (downsample_layers.0.conv.weight) or this project\'s (stem.conv.weight); first keys: {sorted(keys)[:5]}')
 
 
-def _convert_v1(state_dict: StateDict) -> StateDict:
+def convert_v1(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """Official SPANet keys -> ours; the fixed masks stored as frozen parameters are dropped (ours are derived)."""
     out = {}
     for key, value in state_dict.items():
         if re.search(r'\.token_mixer\.sps\.\d+\.filter$', key):
-            continue  # fixed masks stored as frozen parameters; ours are derived from the input size
+            continue
         key = key.replace('patch_embed.proj.', 'stem.conv.')
         m = re.match(r'network\.(\d+)\.(.*)', key)
         if m:
@@ -75,9 +100,15 @@ def _convert_v1(state_dict: StateDict) -> StateDict:
     return out
 
 
-def _convert_v2(state_dict: StateDict, layout: str, model: SPANetV2) -> StateDict:
+def convert_v2(state_dict: Mapping[str, Tensor], keep_srf_slope: bool = False) -> StateDict:
+    """Official SPANetV2 keys (either layout) -> ours.
+
+    Args:
+        state_dict: a ``v2`` or ``v2_ver4`` state dict.
+        keep_srf_slope: keep ver4's ``scale.alpha`` as the learnable SRF slope (``srf_act='learnable_sigmoid'``);
+            otherwise it is dropped: spanetv2_ver4.py always creates it, but its forward uses a plain sigmoid.
+    """
     out, head_filters = {}, {}
-    learnable_srf = any(k.endswith('srf_act.alpha') for k in model.state_dict())
     for key, value in state_dict.items():
         m = re.match(r'downsample_layers\.(\d+)\.(pre_norm|post_norm|conv)\.(.*)', key)
         if m:
@@ -91,8 +122,7 @@ def _convert_v2(state_dict: StateDict, layout: str, model: SPANetV2) -> StateDic
             head_filters.setdefault(m.group(1), {})[int(m.group(2))] = value
             continue
         if key.endswith('.token_mixer.scale.alpha'):
-            if not learnable_srf:
-                # spanetv2_ver4.py always creates this slope, but its forward uses a plain sigmoid
+            if not keep_srf_slope:
                 continue
             key = key.replace('.token_mixer.scale.alpha', '.token_mixer.srf_act.alpha')
         out[key] = value
@@ -101,65 +131,23 @@ def _convert_v2(state_dict: StateDict, layout: str, model: SPANetV2) -> StateDic
     return out
 
 
-def convert_official_state_dict(state_dict: Mapping, model: nn.Module) -> StateDict:
-    """Map an official state dict (any of the three layouts, or ours) onto ``model``'s keys.
-
-    For the SPANetV2 layouts this also sets ``head_layout`` on every ExSPAM of ``model`` to the layout's channel order.
-    """
-    state_dict = _unwrap(state_dict)
-    layout = detect_layout(state_dict)
-    if layout == 'ours':
-        return state_dict
-    expected = 'v1' if isinstance(model, SPANet) else 'v2'
-    if not layout.startswith(expected):
-        raise UserInputError(
-            f'checkpoint has the official {"SPANet" if layout == "v1" else "SPANetV2"} layout ({layout}) but the '
-            f'model is a {type(model).__name__}')
-    if layout == 'v1':
-        return _convert_v1(state_dict)
-    converted = _convert_v2(state_dict, layout, model)
-    head_layout = 'interleave' if layout == 'v2' else 'concat'
-    for module in model.modules():
-        if isinstance(module, ExSPAM):
-            module.head_layout = head_layout
-    return converted
-
-
-def _check_compatible(state_dict: StateDict, model: nn.Module):
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f'{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
-                  for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    problems = []
-    for label, keys in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)):
-        if keys:
-            more = f' (+{len(keys) - 5} more)' if len(keys) > 5 else ''
-            problems.append(f'{label}: {", ".join(keys[:5])}{more}')
-    if problems:
-        raise UserInputError(
-            f'checkpoint does not fit this {type(model).__name__} (is it another variant?): ' + '; '.join(problems))
-
-
-def load_official_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping]) -> nn.Module:
-    """Load an official SPANet/SPANetV2 checkpoint (or one of ours) into ``model``, strictly.
+def to_ours(source: Source, family: Family, model_name: str, keep_srf_slope: bool = False) -> Tuple[StateDict, str]:
+    """Unwrap ``source``, check it belongs to ``family`` and convert it to our key names.
 
     Args:
-        model: a SPANet or SPANetV2 built with the checkpoint's variant settings.
-        source: a checkpoint path or a state dict, optionally wrapped in 'model' or 'state_dict'.
+        source: a checkpoint path or mapping in an official layout or ours.
+        family: 'v1' (SPANet) or 'v2' (SPANetV2), the family of the model it is meant for.
+        model_name: the model's class name, for the error message.
+        keep_srf_slope: see ``convert_v2``.
     Returns:
-        ``model``, with the weights loaded (and, for SPANetV2 layouts, ``head_layout`` set to match).
+        ``(state dict in our key names, detected layout)``.
     """
-    if not isinstance(model, (SPANet, SPANetV2)):
-        raise TypeError(f'load_official_checkpoint needs a SPANet or SPANetV2, got {type(model).__name__}')
-    layouts = {m: m.head_layout for m in model.modules() if isinstance(m, ExSPAM)}
-    converted = convert_official_state_dict(_unwrap(source), model)
-    try:
-        _check_compatible(converted, model)
-    except ValueError:
-        for module, head_layout in layouts.items():  # leave the model as it was
-            module.head_layout = head_layout
-        raise
-    model.load_state_dict(converted, strict=True)
-    _logger.info('loaded %d tensors into %s', len(converted), type(model).__name__)
-    return model
+    state = unwrap(source)
+    layout = detect_layout(state)
+    if layout == 'ours':
+        return state, layout
+    if not layout.startswith(family):
+        raise UserInputError(
+            f'checkpoint has the official {"SPANet" if layout == "v1" else "SPANetV2"} layout ({layout}) but the '
+            f'model is a {model_name}')
+    return (convert_v1(state) if layout == 'v1' else convert_v2(state, keep_srf_slope)), layout

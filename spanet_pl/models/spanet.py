@@ -21,24 +21,17 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, GroupNorm1, Mlp, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models.metaformer import Scale
 
 from ..errors import UserInputError
+from ._common import BackboneBase, Stage, build_variant, per_stage
+from .official import to_ours
 from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spectral_filter
 
 __all__ = ['SPAM', 'SPANet', 'SPANET_VARIANTS']
 
 IntOrSeq = Union[int, Sequence[int]]
-
-
-def _per_stage(value, num_stages: int, name: str) -> list:
-    if not isinstance(value, (list, tuple)):
-        return [value] * num_stages
-    if len(value) != num_stages:
-        raise UserInputError(f'{name} needs one value per stage ({num_stages}), got {list(value)}')
-    return list(value)
 
 
 class SPAM(nn.Module):
@@ -131,24 +124,17 @@ class SPANetBlock(nn.Module):
         return x
 
 
-class SPANetStage(nn.Module):
+class SPANetStage(Stage):
     def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: bool, dp_rates: List[float], **block_kwargs):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = nn.Identity()
         if downsample:
             self.downsample = nn.Sequential()
             self.downsample.add_module('conv', nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1))
         self.blocks = nn.Sequential(*[SPANetBlock(out_chs, drop_path=dp_rates[i], **block_kwargs) for i in range(depth)])
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
-
-class SPANet(nn.Module):
+class SPANet(BackboneBase):
     """SPANet backbone + classifier (a PoolFormer-style MetaFormer whose token mixer is SPAM).
 
     Args:
@@ -189,9 +175,9 @@ class SPANet(nn.Module):
         num_stages = len(depths)
         if len(dims) != num_stages:
             raise UserInputError(f'depths {list(depths)} and dims {list(dims)} must have the same length')
-        kernel_sizes = _per_stage(kernel_size, num_stages, 'kernel_size')
-        radii = _per_stage(radii, num_stages, 'radii')
-        res_scales = _per_stage(res_scale_init_values, num_stages, 'res_scale_init_values')
+        kernel_sizes = per_stage(kernel_size, num_stages, 'kernel_size')
+        radii = per_stage(radii, num_stages, 'radii')
+        res_scales = per_stage(res_scale_init_values, num_stages, 'res_scale_init_values')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = dims[-1]
@@ -217,7 +203,7 @@ class SPANet(nn.Module):
         self.norm = GroupNorm1(dims[-1])
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self._make_head(num_classes)
         self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module):
@@ -227,86 +213,16 @@ class SPANet(nn.Module):
                 trunc_normal_(layer.weight, std=.02)
                 nn.init.zeros_(layer.bias)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.blocks\.(\d+)')
+    def _make_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _check_input(self, x: Tensor):
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise UserInputError(
-                f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
-                f'got {tuple(x.shape)}')
-
-    def forward_intermediates(
-            self,
-            x: Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ):
-        """Stage outputs (NCHW); ``norm`` applies the final norm to the last stage's output."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f'output_fmt must be NCHW, got {output_fmt}')
-        self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
+    def _feature_map(self, x: Tensor, final: bool) -> Tensor:
         # The official head normalises the whole last feature map before pooling.
-        return self.norm(x)
+        return self.norm(x) if final else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @dataclass(frozen=True)
@@ -329,22 +245,14 @@ SPANET_VARIANTS = {
 
 
 def checkpoint_filter_fn(state_dict: dict, model: SPANet) -> dict:
-    """timm's pretrained hook: official SPANet checkpoints are converted, ours pass through."""
-    from .official import convert_official_state_dict
-    return convert_official_state_dict(state_dict, model)
+    """timm's pretrained hook: an official SPANet checkpoint is converted to our keys, ours passes through."""
+    return to_ours(state_dict, 'v1', type(model).__name__)[0]
 
 
 def _create_spanet(variant: str, pretrained: bool = False, **kwargs) -> SPANet:
     cfg = SPANET_VARIANTS[variant]
-    kwargs.setdefault('depths', cfg.depths)
-    kwargs.setdefault('dims', cfg.dims)
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
-    return build_model_with_cfg(
-        SPANet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
-        **kwargs,
-    )
+    return build_variant(SPANet, variant, pretrained, checkpoint_filter_fn, dict(depths=cfg.depths, dims=cfg.dims),
+                         **kwargs)
 
 
 def _cfg(**kwargs) -> dict:

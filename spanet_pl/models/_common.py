@@ -1,0 +1,144 @@
+"""What the SPANet and SPANetV2 model files share: per-stage arguments, the stage loop, timm's model API and builder."""
+from typing import Callable, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models._features import feature_take_indices
+
+from ..errors import UserInputError
+
+__all__ = ['per_stage', 'Stage', 'BackboneBase', 'build_variant']
+
+
+def per_stage(value, num_stages: int, name: str) -> list:
+    """``value`` repeated per stage, or checked to hold one value per stage."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_stages
+    if len(value) != num_stages:
+        raise UserInputError(f'{name} needs one value per stage ({num_stages}), got {list(value)}')
+    return list(value)
+
+
+class Stage(nn.Module):
+    """``downsample`` then ``blocks`` (a Sequential), optionally with gradient checkpointing over the blocks."""
+
+    downsample: nn.Module
+    blocks: nn.Sequential
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class BackboneBase(nn.Module):
+    """timm's model API over ``stem`` -> ``stages`` -> ``norm`` -> ``head`` (the parts both families share).
+
+    A family defines ``_make_head(num_classes)``, ``forward_head`` and ``_feature_map(x, final)``: a stage output as
+    an NCHW map, ``final`` when it is the last stage's output that ``forward_head`` receives.
+    """
+
+    in_chans: int
+    num_features: int
+    stages: nn.Sequential
+    feature_info: List[dict]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head = self._make_head(num_classes)
+
+    def _check_input(self, x: Tensor):
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise UserInputError(
+                f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
+                f'got {tuple(x.shape)}')
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Stage outputs as NCHW maps; ``norm`` applies the final norm to the last stage's, where the family has one
+        on feature maps (SPANet; SPANetV2's acts on pooled features)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f'output_fmt must be NCHW, got {output_fmt}')
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self._feature_map(x, final=norm and i == last))
+        if intermediates_only:
+            return intermediates
+        return self._feature_map(x, final=len(stages) == len(self.stages)), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's output as ``forward_head`` takes it (NCHW)."""
+        self._check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self._feature_map(x, final=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_variant(model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, defaults: dict,
+                  out_indices: Optional[tuple] = None, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with a variant table's settings as defaults and a ``getter`` feature wrapper."""
+    for key, value in defaults.items():
+        kwargs.setdefault(key, value)
+    if out_indices is None:
+        out_indices = tuple(range(len(kwargs['depths'])))
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
+        **kwargs,
+    )
