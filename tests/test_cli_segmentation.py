@@ -110,3 +110,13 @@ def test_label_out_of_range_names_the_file(tmp_path, capsys, ade_tree):
     write_ade20k_pair(ade_tree, 'training', 'ADE_train_00000001', image=image, labels=labels)
     expect_error(tmp_path, capsys, write_config(tmp_path, ade_tree),
                  r'annotations/training/ADE_train_00000001\.png has label values 9 outside num_classes=3')
+
+
+@pytest.mark.parametrize('key, value, choices', [('head', 'fpnn', "'fcn', 'fpn'"),
+                                                 ('inference', 'sliding', "'whole', 'slide'")])
+def test_closed_choices_are_checked_by_the_parser(tmp_path, capsys, ade_tree, key, value, choices):
+    """Literal[...] arguments: LightningCLI rejects a value outside them before anything is built or written."""
+    assert run(['fit', '--config', write_config(tmp_path, ade_tree), f'--model.init_args.{key}', value]) == 2
+    err = capsys.readouterr().err
+    assert f'Expected a typing.Literal[{choices}]. Got value: {value}' in err
+    assert not (tmp_path / 'logs').exists()

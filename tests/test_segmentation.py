@@ -17,10 +17,10 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from spanet_pl.callbacks import SegmentationImageLogger
 from spanet_pl.callbacks.segmentation import colorize, default_palette, render_sample
 from spanet_pl.errors import MissingPathError, UserInputError
-from spanet_pl.models import ExSPAM, convert_official_state_dict, create_backbone
-from spanet_pl.models.heads import HEADS, FCNHead, SemanticFPNHead
+from spanet_pl.models import ExSPAM, convert_official_state_dict, create_backbone, load_backbone_weights
+from spanet_pl.models.heads import HEADS, FCNHead, SemanticFPNHead, resize_to_original
 from spanet_pl.tasks import ClassificationModule, SegmentationModule
-from spanet_pl.tasks.segmentation import load_backbone_weights, resize_to_original, slide_inference
+from spanet_pl.tasks.segmentation import slide_inference
 from spanet_pl.testing import synthetic_state_dict
 
 REFERENCE = torch.load(Path(__file__).parent / 'fixtures' / 'official_reference.pt')
@@ -260,16 +260,25 @@ def test_pretrained_official_checkpoint(tmp_path):
         assert torch.equal(value, expected[key]), key
 
 
-def test_checkpoint_keeps_the_exspam_channel_order():
-    """A ver4-layout start sets head_layout='concat', which is no tensor: a reload without the file must keep it."""
-    module = SegmentationModule('spanetv2_nano_pure', num_classes=NUM_CLASSES, head='fcn', num_log_images=0,
-                                backbone_kwargs={'head_layout': 'concat'})
-    checkpoint = {'state_dict': module.state_dict()}
-    module.on_save_checkpoint(checkpoint)
-    reloaded = SegmentationModule('spanetv2_nano_pure', num_classes=NUM_CLASSES, head='fcn', num_log_images=0)
+@pytest.mark.parametrize('task', ['segmentation', 'classification'])
+def test_checkpoint_keeps_the_exspam_channel_order(tmp_path, task):
+    """A ver4-layout start sets head_layout='concat', which is no parameter: a reload without the file must keep it,
+    for both tasks (it travels in the state dict)."""
+    def build(**kwargs):
+        if task == 'segmentation':
+            return SegmentationModule('spanetv2_nano_pure', num_classes=NUM_CLASSES, head='fcn', num_log_images=0,
+                                      **kwargs)
+        return ClassificationModule('spanetv2_nano_pure', num_classes=NUM_CLASSES, **kwargs)
+
+    module = build(backbone_kwargs={'head_layout': 'concat'})
+    torch.save({'state_dict': module.state_dict()}, tmp_path / 'run.ckpt')
+    reloaded = build()
     assert {m.head_layout for m in reloaded.modules() if isinstance(m, ExSPAM)} == {'interleave'}
-    reloaded.on_load_checkpoint(checkpoint)
+    reloaded.load_state_dict(torch.load(tmp_path / 'run.ckpt', weights_only=True)['state_dict'])
     assert {m.head_layout for m in reloaded.modules() if isinstance(m, ExSPAM)} == {'concat'}
+    # and as `pretrained` of the other task
+    other = build(pretrained=str(tmp_path / 'run.ckpt'))
+    assert {m.head_layout for m in other.modules() if isinstance(m, ExSPAM)} == {'concat'}
 
 
 def test_pretrained_official_v1_layout():
@@ -331,7 +340,8 @@ def test_bad_configuration():
         SegmentationModule(head='fpnn')
     with pytest.raises(UserInputError, match='head_kwargs for .fcn.'):
         SegmentationModule(head='fcn', head_kwargs={'fpn_channels': 64})
-    with pytest.raises(UserInputError, match="inference must be 'whole' or 'slide'"):
+    with pytest.raises(UserInputError,
+                       match=r"unknown inference mode 'sliding' \(did you mean 'slide'\?\); valid names: whole, slide"):
         SegmentationModule(inference='sliding')
     with pytest.raises(UserInputError, match='window_stride <= window'):
         SegmentationModule(window=256, window_stride=(341, 341))

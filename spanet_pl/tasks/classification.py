@@ -1,15 +1,11 @@
 """Image classification with any registered SPANet-family backbone."""
 import logging
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from timm.data import resolve_model_data_config
 from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -17,35 +13,22 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from ..models import create_backbone
+from ._common import BackboneTask, weight_decay_groups
 
-__all__ = ['ClassificationModule', 'weight_decay_groups']
+__all__ = ['ClassificationModule']
 
 _logger = logging.getLogger(__name__)
 
 
-def weight_decay_groups(model: nn.Module) -> List[Dict[str, Any]]:
-    """Two parameter groups: decayed matrices/kernels, and undecayed norms, biases, scales and spectral filters.
-
-    The undecayed group carries ``weight_decay=0``; the other inherits the optimizer's own ``weight_decay``.
-    """
-    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith('.bias') or name in skip else decay).append(param)
-    return [{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}]
-
-
-class ClassificationModule(LightningModule):
+class ClassificationModule(BackboneTask):
     """Trains and evaluates a SPANet-family classifier.
 
     Args:
         backbone: registered variant name (``spanet_pl.VARIANTS``).
         num_classes: classifier outputs (the CLI links it from the data module).
         backbone_kwargs: constructor arguments of the backbone: drop_path_rate, ablation switches, ...
-        pretrained: checkpoint to start from (official layout or ours); a classifier of another size is dropped.
+        pretrained: weights to start from (``spanet_pl.models.load_backbone_weights``): an official checkpoint, one of
+            our Lightning checkpoints or a plain state dict; a classifier of another size is left freshly initialised.
         optimizer: optimizer factory (AdamW, timm's Lamb, ...); its ``lr`` is the rate for ``base_batch_size``.
         base_batch_size: batch size the configured lr belongs to; the lr is scaled linearly to the effective batch
             (devices x per-device batch x gradient accumulation). None: use the lr as given.
@@ -74,10 +57,7 @@ class ClassificationModule(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=['optimizer'])
-        kwargs = dict(backbone_kwargs or {})
-        if pretrained:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained))
-        self.backbone = create_backbone(backbone, num_classes=num_classes, **kwargs)
+        self.backbone = self.build_backbone(backbone, backbone_kwargs, pretrained, num_classes=num_classes)
         self.optimizer_factory = optimizer
         self.ema = ModelEmaV3(self.backbone, decay=ema_decay) if ema_decay else None
         self.soft_loss = SoftTargetCrossEntropy()
@@ -90,11 +70,6 @@ class ClassificationModule(LightningModule):
         self.test_metrics = metrics.clone(prefix='test/')
         self.val_ema_metrics = metrics.clone(prefix='val/ema_') if self.ema else None
         self.test_ema_metrics = metrics.clone(prefix='test/ema_') if self.ema else None
-
-    @property
-    def data_config(self) -> Dict[str, Any]:
-        """Input size, crop_pct, mean, std and interpolation of the backbone (read by the data modules)."""
-        return resolve_model_data_config(self.backbone)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,10 +92,7 @@ class ClassificationModule(LightningModule):
         images, target = batch
         logits = self(images)
         loss = self._loss(logits, target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f'non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, '
-                f'batch {batch_idx}): lower the learning rate, enable gradient clipping or check the inputs')
+        self.check_finite(loss, batch_idx)
         self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         if target.ndim == 1:
             self.train_metrics.update(logits.detach(), target)
@@ -143,14 +115,6 @@ class ClassificationModule(LightningModule):
             ema_metrics = self.val_ema_metrics if stage == 'val' else self.test_ema_metrics
             ema_metrics.update(self.ema.module(images), target)
             self.log_dict(ema_metrics)
-
-    @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, 'val')
-
-    @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, 'test')
 
     @override
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, torch.Tensor]:

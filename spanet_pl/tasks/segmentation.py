@@ -4,29 +4,27 @@ Recipes follow the papers' ADE20K tables (mmsegmentation): Semantic FPN or an FC
 ``ignore_index=255``, AdamW with a poly schedule per iteration, mIoU / pixel accuracy over the whole validation set,
 whole-image or sliding-window inference.
 """
-import difflib
 import logging
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from timm.data import resolve_model_data_config
 from timm.layers import to_2tuple
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from typing_extensions import override
 
 from ..callbacks.segmentation import SegmentationImageLogger
-from ..errors import UserInputError
-from ..models import ExSPAM, create_backbone, load_backbone_weights
-from ..models.heads import HEADS, resize_to_original
-from .classification import weight_decay_groups
+from ..errors import UserInputError, check_choice
+from ..models.heads import HEADS, HeadName, resize_to_original
+from ._common import BackboneTask, weight_decay_groups
 
-__all__ = ['SegmentationModule', 'load_backbone_weights', 'resize_to_original', 'slide_inference']
+__all__ = ['SegmentationModule', 'slide_inference', 'Inference']
+
+Inference = Literal['whole', 'slide']
 
 _logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, cr
     return logits / count
 
 
-class SegmentationModule(LightningModule):
+class SegmentationModule(BackboneTask):
     """Trains and evaluates a SPANet-family backbone with a segmentation head.
 
     Args:
@@ -84,7 +82,7 @@ class SegmentationModule(LightningModule):
             self,
             backbone: str = 'spanet_nano',
             num_classes: int = 150,
-            head: str = 'fpn',
+            head: HeadName = 'fpn',
             head_kwargs: Optional[Dict[str, Any]] = None,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             pretrained: Optional[str] = None,
@@ -93,19 +91,15 @@ class SegmentationModule(LightningModule):
             warmup_steps: int = 0,
             min_lr: float = 0.0,
             ignore_index: int = 255,
-            inference: str = 'whole',
+            inference: Inference = 'whole',
             window: Union[int, Tuple[int, int]] = (512, 512),
             window_stride: Union[int, Tuple[int, int]] = (341, 341),
             num_log_images: int = 4,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=['optimizer'])
-        if head not in HEADS:
-            close = difflib.get_close_matches(head, HEADS, n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise UserInputError(f'unknown segmentation head {head!r}{hint}; valid names: {", ".join(HEADS)}')
-        if inference not in ('whole', 'slide'):
-            raise UserInputError(f"inference must be 'whole' or 'slide', got {inference!r}")
+        check_choice(head, HeadName, 'segmentation head')
+        check_choice(inference, Inference, 'inference mode')
         self.crop_size, self.stride = tuple(to_2tuple(window)), tuple(to_2tuple(window_stride))
         if (len(self.crop_size) != 2 or len(self.stride) != 2 or min(self.stride) < 1
                 or any(s > c for s, c in zip(self.stride, self.crop_size))):
@@ -114,14 +108,7 @@ class SegmentationModule(LightningModule):
         if num_classes < 1 or 0 <= ignore_index < num_classes:
             raise UserInputError(f'need num_classes >= 1 and ignore_index outside 0..num_classes-1, got '
                                  f'num_classes={num_classes}, ignore_index={ignore_index}')
-        kwargs = dict(backbone_kwargs or {})
-        clash = sorted(set(kwargs) & {'features_only', 'num_classes', 'pretrained', 'official_checkpoint'})
-        if clash:
-            raise UserInputError(f'backbone_kwargs may not set {", ".join(clash)}: the segmentation task sets them '
-                                 '(weights go in `pretrained`)')
-        self.backbone = create_backbone(backbone, features_only=True, **kwargs)
-        if pretrained:
-            load_backbone_weights(self.backbone, pretrained)
+        self.backbone = self.build_backbone(backbone, backbone_kwargs, pretrained, features_only=True)
         try:
             self.head = HEADS[head](self.backbone.feature_info.channels(), num_classes, **(head_kwargs or {}))
         except TypeError as error:
@@ -137,11 +124,6 @@ class SegmentationModule(LightningModule):
         self.val_metrics = metrics.clone(prefix='val/')
         self.test_metrics = metrics.clone(prefix='test/')
 
-    @property
-    def data_config(self) -> Dict[str, Any]:
-        """Mean, std and interpolation of the backbone (read by the data modules)."""
-        return resolve_model_data_config(self.backbone)
-
     def no_weight_decay(self) -> set:
         """Names (in this module) of the backbone's undecayed tensors, e.g. SPANetV2's spectral filters."""
         model = getattr(self.backbone, 'model', self.backbone)
@@ -150,33 +132,16 @@ class SegmentationModule(LightningModule):
         return {prefix + name for name in skip}
 
     @override
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        # the ExSPAM channel order an official SPANetV2 checkpoint set is not a tensor: keep it with the weights, so
-        # that a reloaded model computes what it was trained with even without its `pretrained` file
-        checkpoint['exspam_head_layouts'] = {
-            name: m.head_layout for name, m in self.named_modules() if isinstance(m, ExSPAM)}
-
-    @override
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        layouts = checkpoint.get('exspam_head_layouts', {})
-        for name, module in self.named_modules():
-            if isinstance(module, ExSPAM) and name in layouts:
-                module.head_layout = layouts[name]
-
-    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the input's resolution."""
         logits = self.head(self.backbone(images))
         return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
 
-    def inference(self, images: torch.Tensor, mode: Optional[str] = None) -> torch.Tensor:
+    def inference(self, images: torch.Tensor, mode: Optional[Inference] = None) -> torch.Tensor:
         """Full-resolution logits by the configured (or the given) mode, 'whole' or 'slide'."""
-        mode = mode or self.hparams.inference
-        if mode == 'whole':
+        if check_choice(mode or self.hparams.inference, Inference, 'inference mode') == 'whole':
             return self(images)
-        if mode == 'slide':
-            return slide_inference(self, images, self.num_classes, self.crop_size, self.stride)
-        raise UserInputError(f"inference must be 'whole' or 'slide', got {mode!r}")
+        return slide_inference(self, images, self.num_classes, self.crop_size, self.stride)
 
     def _check_batch(self, images: torch.Tensor, masks: torch.Tensor, same_size: bool = True) -> None:
         if (images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]
@@ -202,10 +167,7 @@ class SegmentationModule(LightningModule):
         images, masks = batch
         self._check_batch(images, masks)
         loss = self._loss(self(images), masks)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f'non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, '
-                f'batch {batch_idx}): lower the learning rate, enable gradient clipping or check the inputs')
+        self.check_finite(loss, batch_idx)
         self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
@@ -223,14 +185,6 @@ class SegmentationModule(LightningModule):
         metrics.update(preds, masks)
         self.log_dict(metrics, prog_bar=stage == 'val', batch_size=images.shape[0])
         return {'preds': preds}
-
-    @override
-    def validation_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
-        return self._eval_step(batch, 'val')
-
-    @override
-    def test_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
-        return self._eval_step(batch, 'test')
 
     @override
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
