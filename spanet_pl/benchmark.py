@@ -4,50 +4,41 @@
     python -m spanet_pl.benchmark speed [--variants NAME ...] [--sizes 224] [--batch 8] [--device cpu]
         [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--train] [--json out.json]
 
-``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval).
-FlopCounterMode counts convolutions, matmuls and attention only; FFTs and elementwise ops are not in it. The FFTs of
-the spectral filters are therefore counted separately and analytically, per transform the model actually runs:
-2.5 N log2(N) FLOPs for a real 2-D (i)rfft of N = H * W points and 5 N log2(N) for a complex one (the usual radix-2
-estimate, as FFTW reports it), times the number of channels transformed.
+``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval)
+and, separately, the FFTs of the spectral filters, which FlopCounterMode does not see (``spanet_pl.flops``).
 
 ``speed`` times inference (or, with ``--train``, forward + backward + SGD step) and reports images/s from the median
 wall time per iteration. Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
 imports their model files at run time (nothing of them is copied into this repository), builds the same variant,
-loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``), prints the largest
-logit difference and times both, alternating iterations so both see the same machine load.
+loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``; the harness is
+``spanet_pl.testing``), prints the largest logit difference and times both, alternating iterations so both see the
+same machine load.
 """
 import argparse
-import contextlib
-import functools
 import gc
-import importlib.util
-import io
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-import types
-import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Literal, Optional, Sequence, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from tqdm import tqdm
 
+from .errors import check_choice
+from .flops import count_flops
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
-from .testing import seeded_input, synthetic_state_dict
+from .testing import OFFICIAL_FILES, build_official, official_weights, seeded_input
 
 __all__ = ['count_flops', 'measure_table', 'measure_speed', 'format_table', 'main']
 
-aten = torch.ops.aten
 DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
-OFFICIAL_FILES = {'v1': 'image_classification/spanet.py', 'v2': 'image_classification/models/spanetv2.py'}
+Dtype = Literal['float32', 'bfloat16']
 OFFICIAL_V1_SIZE = 224  # the official v1 re-assigns its fixed filters in forward, which raises at any other size
 SEED = 0
 
@@ -60,53 +51,12 @@ FFT_NOTE = (
     '(5 N log2 N per complex one), times the channels transformed.')
 
 
-def _fft_flops(signal_shape, dim, per_point: float) -> int:
-    n = math.prod(signal_shape[d] for d in dim)
-    if n <= 1:
-        return 0
-    return round(math.prod(signal_shape) // n * per_point * n * math.log2(n))
-
-
-# FlopCounterMode formulas (called with shapes); the signal is the real side of a real transform.
-def _fft_r2c_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
-    return _fft_flops(x_shape, dim, 2.5)
-
-
-def _fft_c2r_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
-    return _fft_flops(out_shape, dim, 2.5)
-
-
-def _fft_c2c_flops(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
-    return _fft_flops(x_shape, dim, 5.0)
-
-
-FFT_OPS = {aten._fft_r2c: _fft_r2c_flops, aten._fft_c2r: _fft_c2r_flops, aten._fft_c2c: _fft_c2c_flops}
-
-
-def _sdpa_cpu_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q_shape, k_shape, v_shape)
-
-
-# PyTorch's CPU attention kernel is missing from FlopCounterMode's registry (the CUDA ones are in it).
-EXTRA_OPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> Dict[str, int]:
-    """FLOPs of one eval forward of ``model`` on ``x``: 'dense' (FlopCounterMode's ops) and 'fft' (analytic)."""
-    model.eval()
-    counter = FlopCounterMode(display=False, custom_mapping={**FFT_OPS, **EXTRA_OPS})
-    with torch.no_grad(), counter:
-        model(x)
-    counts = counter.get_flop_counts()['Global']
-    fft = sum(v for op, v in counts.items() if op in FFT_OPS)
-    return dict(dense=sum(counts.values()) - fft, fft=fft)
 
 
 def _check_variants(names: Optional[Sequence[str]], default: Sequence[str]) -> List[str]:
     names = list(names) if names else list(default)
     for name in names:
-        if name not in VARIANTS:
-            create_backbone(name)  # raises the registry's one-line error, listing the valid names
+        check_choice(name, VARIANTS, 'SPANet variant')
     return names
 
 
@@ -132,57 +82,8 @@ def measure_table(variants: Optional[Sequence[str]] = None, size: int = 224, pro
     return rows
 
 
-@contextlib.contextmanager
-def _official_import_shims():
-    """The old timm paths the official files import from, and no second registration of their model names."""
-    import timm.layers
-    import timm.models.registry
-    helpers = types.ModuleType('timm.models.layers.helpers')
-    helpers.to_2tuple = timm.layers.to_2tuple
-    saved_module = sys.modules.get('timm.models.layers.helpers')
-    saved_register = timm.models.registry.register_model
-    sys.modules['timm.models.layers.helpers'] = helpers
-    timm.models.registry.register_model = lambda fn: fn
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', FutureWarning)
-            yield
-    finally:
-        timm.models.registry.register_model = saved_register
-        if saved_module is None:
-            sys.modules.pop('timm.models.layers.helpers', None)
-        else:
-            sys.modules['timm.models.layers.helpers'] = saved_module
-
-
-@functools.lru_cache(maxsize=None)
-def _official_module(family: str, root: str) -> types.ModuleType:
-    path = Path(root) / OFFICIAL_FILES[family]
-    if not path.is_file():
-        raise FileNotFoundError(f'official SPANet{"V2" if family == "v2" else ""} file not found: {path}')
-    spec = importlib.util.spec_from_file_location(f'official_spanet_{family}', path)
-    module = importlib.util.module_from_spec(spec)
-    with _official_import_shims():
-        spec.loader.exec_module(module)
-    return module
-
-
 def _family(variant: str) -> str:
     return 'v1' if variant in SPANET_VARIANTS else 'v2'
-
-
-def _build_official(variant: str, root: str) -> nn.Module:
-    with contextlib.redirect_stdout(io.StringIO()):  # the official v1 prints its λ list in every SPAM
-        return getattr(_official_module(_family(variant), root), variant)()
-
-
-def _official_weights(official: nn.Module, family: str) -> Dict[str, torch.Tensor]:
-    """Well-scaled synthetic weights in the official layout (random init would give near-zero logits)."""
-    own = official.state_dict()
-    weights = synthetic_state_dict([(k, tuple(v.shape)) for k, v in own.items()], SEED)
-    if family == 'v1':
-        weights.update({k: v for k, v in own.items() if k.endswith('.filter')})  # fixed masks, not weights
-    return weights
 
 
 def _sync(device: torch.device):
@@ -232,7 +133,7 @@ def measure_speed(
         sizes: Sequence[int] = (224,),
         batch: int = 8,
         device: str = 'cpu',
-        dtype: str = 'float32',
+        dtype: Dtype = 'float32',
         warmup: int = 3,
         iters: int = 10,
         official_v1: Optional[str] = None,
@@ -262,8 +163,7 @@ def measure_speed(
         One dict per (variant, size): ours/official images/s, speed-up, max |logit difference| (fp32, eval) and a
         note saying why an official number is missing.
     """
-    if dtype not in ('float32', 'bfloat16'):
-        raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
+    check_choice(dtype, Dtype, 'dtype')
     if iters < 1 or warmup < 0 or batch < 1:
         raise ValueError(f'need iters >= 1, warmup >= 0 and batch >= 1, got {iters}, {warmup}, {batch}')
     dev = torch.device(device)
@@ -286,8 +186,8 @@ def measure_speed(
         elif name not in OFFICIAL_VARIANTS:
             note = 'no official counterpart'
         else:
-            official = _build_official(name, root).to(dev)
-            weights = _official_weights(official, _family(name))
+            official = build_official(_family(name), name, root).to(dev)
+            weights = official_weights(official, _family(name), SEED)
         for size in sizes:
             bar.set_postfix_str(f'{name} @ {size}')
             row = dict(variant=name, size=size, mode='train' if train else 'inference', batch=batch,
@@ -424,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument('--batch', type=int, default=8, help='images per iteration (default: 8)')
     speed.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
                        help='default: cuda when available')
-    speed.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+    speed.add_argument('--dtype', choices=get_args(Dtype), default='float32',
                        help='bfloat16 runs under torch.autocast (default: float32)')
     speed.add_argument('--warmup', type=int, default=3, help='untimed iterations per model and size (default: 3)')
     speed.add_argument('--iters', type=int, default=10, help='timed iterations; the median is reported (default: 10)')

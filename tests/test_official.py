@@ -104,3 +104,30 @@ def test_own_state_dict_round_trip():
     a, b = timm.create_model('spanetv2_nano_hybrid'), timm.create_model('spanetv2_nano_hybrid')
     load_official_checkpoint(b, a.state_dict())
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_official_harness_imports_with_shims_and_restores_timm(tmp_path):
+    """The one harness (benchmark, tools, tests): an official-style file importing the old timm paths loads, its
+    @register_model is a no-op, and timm is left as it was."""
+    import sys
+    import timm.models.registry
+    from spanet_pl.testing import OFFICIAL_FILES, build_official, official_module, official_weights
+    path = tmp_path / OFFICIAL_FILES['v2']
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        'import torch.nn as nn\n'
+        'from timm.models.layers.helpers import to_2tuple\n'
+        'from timm.models.registry import register_model\n'
+        '@register_model\n'
+        'def official_fake_net():\n'
+        '    print("official code prints")\n'
+        '    return nn.Conv2d(3, 4, to_2tuple(3)[0])\n')
+    register = timm.models.registry.register_model
+    model = build_official('v2', 'official_fake_net', tmp_path)
+    assert isinstance(model, torch.nn.Conv2d) and not model.training
+    assert timm.models.registry.register_model is register and 'timm.models.layers.helpers' not in sys.modules
+    assert 'official_fake_net' not in timm.list_models() and official_module('v2', str(tmp_path)) is not None
+    weights = official_weights(model, 'v2', seed=0)
+    assert weights.keys() == model.state_dict().keys() and not torch.equal(weights['weight'], model.weight)
+    with pytest.raises(FileNotFoundError, match='spanetv2_ver4.py'):
+        official_module('v2_ver4', str(tmp_path))
