@@ -1,8 +1,9 @@
 """LightningDataModules: ImageNet-style classification, ADE20K segmentation, and their embedded scikit-learn digits
 defaults."""
+from ._base import ImagePathDataset
 from .ade20k import ADE20K_CLASSES, ADE20KDataModule, SegmentationDataset
 from .embedded import DigitsDataModule, materialize_digits
-from .imagenet import ImageNetDataModule, ImagePathDataset, RobustImageFolder
+from .imagenet import ImageNetDataModule, RobustImageFolder
 from .scenes import DigitScenesDataModule, materialize_digit_scenes
 
 __all__ = ['ImageNetDataModule', 'DigitsDataModule', 'RobustImageFolder', 'ImagePathDataset', 'materialize_digits',

@@ -4,73 +4,29 @@ Layout: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*`` (any extension 
 accepts), the same class folders in both splits.
 """
 import logging
-import struct
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
-import torch
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
-from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 from typing_extensions import override
 
-from spanet_pl.errors import MissingPathError, UserInputError
+from spanet_pl.errors import MissingPathError, UserInputError, check_choice
 
-from ._base import SplitDataModule
-from ._files import IMG_EXTENSIONS, first_names, has_image_file, list_class_dirs, predict_folder, predict_images
+from ._base import ImagePathDataset, RobustLoading, SplitDataModule
+from ._files import IMG_EXTENSIONS, first_names, has_image_file, list_class_dirs
 
-__all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset']
+__all__ = ['ImageNetDataModule', 'RobustImageFolder', 'ImagePathDataset', 'Interpolation']
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_INTERPOLATION = 'bicubic'
-INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'lanczos', 'box', 'hamming', 'random')
-# What PIL raises for unreadable, truncated or malformed files (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+Interpolation = Literal['bilinear', 'bicubic', 'nearest', 'lanczos', 'box', 'hamming', 'random']
 
 
-class _RobustLoading:
-    """Decode with ``self.loader``; an unreadable file is logged once, remembered and replaced by the next one."""
-    loader: Callable[[str], Any]
-    max_consecutive_failures: int
-    bad_files: Dict[str, str]
-
-    def _path(self, index: int) -> str:
-        raise NotImplementedError
-
-    @property
-    def num_skipped(self) -> int:
-        """How many distinct files were found unreadable (in this process; each DataLoader worker has its own)."""
-        return len(self.bad_files)
-
-    def _load(self, index: int) -> Tuple[int, Any]:
-        """The decoded image at ``index`` or, if that is unreadable, at the next readable index (wrapping around).
-
-        Returns:
-            ``(index actually loaded, image)``.
-        """
-        n = len(self)
-        tries = min(self.max_consecutive_failures, n)
-        for step in range(tries):
-            i = (index + step) % n
-            path = self._path(i)
-            if path in self.bad_files:
-                continue
-            try:
-                return i, self.loader(path)
-            except _DECODE_ERRORS as e:
-                self.bad_files[path] = f'{type(e).__name__}: {e}'
-                _logger.warning('skipping unreadable image %s (%s)', path, self.bad_files[path])
-        last = self.bad_files.get(self._path((index + tries - 1) % n), 'unknown error')
-        raise RuntimeError(
-            f'{tries} consecutive images starting at {self._path(index)} are unreadable (last error: {last}); '
-            f'the data set looks broken, not just one bad file')
-
-
-class RobustImageFolder(_RobustLoading, ImageFolder):
+class RobustImageFolder(RobustLoading, ImageFolder):
     """``torchvision.datasets.ImageFolder`` that skips unreadable images instead of raising.
 
     Args:
@@ -113,44 +69,6 @@ class RobustImageFolder(_RobustLoading, ImageFolder):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
-
-
-class ImagePathDataset(_RobustLoading, Dataset):
-    """A list of image files served as ``(image, index)``, the index pointing into ``paths``.
-
-    An unreadable file is skipped like in ``RobustImageFolder``; the index then names the file actually served.
-
-    Args:
-        paths: image file paths.
-        transform: applied to the decoded PIL image.
-        loader: path → PIL image.
-        max_consecutive_failures: raise once this many files in a row are unreadable.
-    """
-
-    def __init__(
-            self,
-            paths: Sequence[str],
-            transform: Optional[Callable] = None,
-            loader: Callable[[str], Any] = default_loader,
-            max_consecutive_failures: int = 50,
-    ):
-        self.paths = list(paths)
-        self.transform = transform
-        self.loader = loader
-        self.max_consecutive_failures = max_consecutive_failures
-        self.bad_files = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _path(self, index: int) -> str:
-        return self.paths[index]
-
-    def __getitem__(self, index: int) -> Tuple[Any, int]:
-        index, image = self._load(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, index
 
 
 def scan_image_folder_layout(root: Path) -> List[str]:
@@ -235,7 +153,7 @@ class ImageNetDataModule(SplitDataModule):
             crop_pct: Optional[float] = None,
             mean: Optional[Tuple[float, float, float]] = None,
             std: Optional[Tuple[float, float, float]] = None,
-            interpolation: Optional[str] = None,
+            interpolation: Optional[Interpolation] = None,
             auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1',
             re_prob: float = 0.25,
             hflip: float = 0.5,
@@ -248,14 +166,9 @@ class ImageNetDataModule(SplitDataModule):
             label_smoothing: float = 0.1,
             predict_root: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_root)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
         self.img_size = img_size
         self.crop_pct = crop_pct
         self.mean = tuple(mean) if mean is not None else None
@@ -267,7 +180,6 @@ class ImageNetDataModule(SplitDataModule):
         self.scale = tuple(scale)
         self.color_jitter = color_jitter
         self.label_smoothing = label_smoothing
-        self.predict_root = predict_folder(predict_root)
 
         self.classes = scan_image_folder_layout(self.root)
         self.num_classes = len(self.classes)
@@ -282,24 +194,16 @@ class ImageNetDataModule(SplitDataModule):
 
         self.data_config: Optional[Dict[str, Any]] = None
         self.train_transform = self.eval_transform = None
-        self.train_dataset: Optional[RobustImageFolder] = None
-        self.val_dataset: Optional[RobustImageFolder] = None
-        self.predict_dataset: Optional[ImagePathDataset] = None
-        self.predict_paths: Optional[List[str]] = None
-
     def _check_arguments(self) -> None:
-        for key in ('batch_size', 'eval_batch_size', 'img_size'):
-            if getattr(self, key) < 1:
-                raise UserInputError(f'{key}={getattr(self, key)} must be >= 1')
-        if self.num_workers < 0:
-            raise UserInputError(f'num_workers={self.num_workers} must be >= 0')
+        if self.img_size < 1:
+            raise UserInputError(f'img_size={self.img_size} must be >= 1')
         if self.mixup_active and self.batch_size % 2:
             raise UserInputError(f'batch_size={self.batch_size} must be even while Mixup/CutMix is on (timm mixes a '
                              f'batch with its reverse)')
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise UserInputError(f'crop_pct={self.crop_pct} must be in (0, 1]')
-        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise UserInputError(f'interpolation={self.interpolation!r} is not one of {", ".join(INTERPOLATIONS)}')
+        if self.interpolation is not None:
+            check_choice(self.interpolation, Interpolation, 'interpolation')
         if not 0 < self.scale[0] <= self.scale[1]:
             raise UserInputError(f'scale={self.scale} must be (min, max) with 0 < min <= max')
 
@@ -352,17 +256,11 @@ class ImageNetDataModule(SplitDataModule):
             _logger.info('data config (unset keys from %s): %s',
                          'the model' if model_config is not None else 'ImageNet defaults', self.data_config)
         if stage in (None, 'fit') and self.train_dataset is None:
-            self.train_dataset = self._split('train', self.train_transform)
-            if len(self.train_dataset) < self.batch_size:
-                raise UserInputError(f'{self.root / "train"} has {len(self.train_dataset)} images, fewer than '
-                                 f'batch_size={self.batch_size}; with drop_last no training batch would remain')
+            self.train_dataset = self._check_train_size(self._split('train', self.train_transform), self.root / 'train')
         if stage in (None, 'fit', 'validate', 'test') and self.val_dataset is None:
             self.val_dataset = self._split('val', self.eval_transform)
         if stage in (None, 'predict') and self.predict_dataset is None:
-            if self.predict_root is None:
-                self.predict_paths = [path for path, _ in self._split('val', None).samples]
-            else:
-                self.predict_paths = predict_images(self.predict_root)
+            self.predict_paths = self._predict_paths(lambda: [path for path, _ in self._split('val', None).samples])
             self.predict_dataset = ImagePathDataset(self.predict_paths, transform=self.eval_transform)
 
     @override

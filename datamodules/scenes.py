@@ -12,15 +12,15 @@ ten digits (about 2 % each).
 """
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ._base import change_defaults
 from ._files import default_data_dir, materialize_atomically
 from .ade20k import ADE20K_DIR, SPLITS, ADE20KDataModule
-from .embedded import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION
+from .embedded import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION, digits_split
 
 __all__ = ['DigitScenesDataModule', 'materialize_digit_scenes', 'render_digit_scene', 'DIGIT_SCENE_CLASSES']
 
@@ -37,18 +37,6 @@ ALPHA_GAIN = 1.5  # opacity = min(1, gain * intensity): bold strokes
 LABEL_THRESHOLD = 0.3  # digit intensity (0..1) above which a pixel is the digit
 UNLABELLED_THRESHOLD = 0.1  # between the two: the unlabelled ring
 DIGIT_SCENE_CLASSES = ('background',) + tuple(str(d) for d in range(10))
-
-
-def _digit_pools() -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    indices = np.arange(len(digits.target))
-    train_idx, val_idx = train_test_split(
-        indices, test_size=DIGITS_VAL_FRACTION, stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
-    intensity = (digits.images / 16.0).astype(np.float32)
-    return intensity, digits.target, {'train': np.sort(train_idx), 'val': np.sort(val_idx)}
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -115,7 +103,8 @@ def _write_scenes(folder: Path, counts: Optional[Dict[str, int]] = None) -> Dict
             only on the seed, the split and ``i``, so a smaller count writes a prefix of the full set.
     """
     counts = dict(SCENE_COUNTS, **(counts or {}))
-    digits, targets, pools = _digit_pools()
+    digits, targets, pools = digits_split()
+    digits = (digits / 16.0).astype(np.float32)  # intensities in 0..1
     base = folder / ADE20K_DIR
     pixels = {}
     for split_id, (stage, split) in enumerate(SPLITS.items()):
@@ -152,46 +141,21 @@ def materialize_digit_scenes(root: Optional[str] = None) -> Path:
     return path
 
 
+@change_defaults(
+    root=None, batch_size=16, eval_batch_size=16, num_workers=2, num_classes=len(DIGIT_SCENE_CLASSES),
+    crop_size=(SCENE_SIZE, SCENE_SIZE), scale=(SCENE_SIZE, SCENE_SIZE), ratio_range=(0.75, 1.5), cat_max_ratio=1.0,
+    hflip=0.0, class_names=DIGIT_SCENE_CLASSES)
 class DigitScenesDataModule(ADE20KDataModule):
     """Digit scenes as a small real ADE20K-layout data set, served by ``ADE20KDataModule`` unchanged.
 
     11 classes after reduce_zero_label (``background``, ``0``..``9``), 600 training and 120 validation 64x64 scenes.
-    Defaults suit CPU: 64x64 crops of scenes rescaled by 0.75-1.5, no flips (digits must not be mirrored),
-    no cat_max_ratio (the background covers about 80 % of every scene, so the check would always fail), validation
-    at the native size in batches of 16 (all scenes are 64x64, so nothing is padded). Arguments are those of
-    ``ADE20KDataModule``; only ``root`` differs.
-
-    Args:
-        root: cache folder of the materialised tree; default ``$SPANET_PL_DATA/digit_scenes`` or
-            ``~/.cache/spanet_pl/digit_scenes``. Written on first use.
+    Arguments are those of ``ADE20KDataModule`` with defaults for CPU (the decorator above): 64x64 crops of scenes
+    rescaled by 0.75-1.5, no flips (digits must not be mirrored), no cat_max_ratio (the background covers about
+    80 % of every scene, so the check would always fail), validation at the native size in batches of 16 (all
+    scenes are 64x64, so nothing is padded). ``root`` is the cache folder of the materialised tree, default
+    ``$SPANET_PL_DATA/digit_scenes`` or ``~/.cache/spanet_pl/digit_scenes``, written on first use.
     """
 
-    def __init__(
-            self,
-            root: Optional[str] = None,
-            batch_size: int = 16,
-            eval_batch_size: int = 16,
-            num_workers: int = 2,
-            pin_memory: bool = True,
-            persistent_workers: bool = True,
-            num_classes: int = len(DIGIT_SCENE_CLASSES),
-            reduce_zero_label: bool = True,
-            crop_size: Tuple[int, int] = (SCENE_SIZE, SCENE_SIZE),
-            scale: Tuple[int, int] = (SCENE_SIZE, SCENE_SIZE),
-            ratio_range: Tuple[float, float] = (0.75, 1.5),
-            cat_max_ratio: float = 1.0,
-            hflip: float = 0.0,
-            photometric_distortion: bool = True,
-            mean: Tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
-            std: Tuple[float, float, float] = IMAGENET_DEFAULT_STD,
-            class_names: Optional[Sequence[str]] = DIGIT_SCENE_CLASSES,
-            predict_root: Optional[str] = None,
-    ):
-        super().__init__(
-            root=str(materialize_digit_scenes(root)), batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
-            num_classes=num_classes, reduce_zero_label=reduce_zero_label, crop_size=crop_size, scale=scale,
-            ratio_range=ratio_range, cat_max_ratio=cat_max_ratio, hflip=hflip,
-            photometric_distortion=photometric_distortion, mean=mean, std=std, class_names=class_names,
-            predict_root=predict_root,
-        )
+    @staticmethod
+    def adapt_arguments(arguments: dict) -> dict:
+        return dict(arguments, root=str(materialize_digit_scenes(arguments['root'])))

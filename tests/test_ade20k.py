@@ -12,7 +12,8 @@ from torchvision import tv_tensors
 
 import datamodules.scenes as scenes
 from datamodules import ADE20K_CLASSES, ADE20KDataModule, DigitScenesDataModule, materialize_digit_scenes
-from datamodules.ade20k import IGNORE_INDEX, SegRandomCrop, make_palette, rescale_size
+from datamodules.seg_transforms import IGNORE_INDEX, SegRandomCrop, rescale_size
+from spanet_pl.callbacks.segmentation import default_palette
 from spanet_pl.errors import MissingPathError, UserInputError
 
 from conftest import ADE_COLOURS as COLOURS, ADE_H as H, ADE_W as W, ade20k_scene as _scene
@@ -54,9 +55,9 @@ def test_attributes_and_root_forms(tree):
     assert dm.root == tree / 'ADEChallengeData2016' and _dm(dm.root).root == dm.root
     assert dm.num_classes == CLASSES and dm.classes == ['class_0', 'class_1', 'class_2']
     assert dm.ignore_index == 255 and dm.batch_size == 2
-    assert dm.palette == make_palette(CLASSES) and len(dm.palette) == CLASSES
+    assert dm.palette == default_palette(CLASSES + 1)[1:].tolist() and len(dm.palette) == CLASSES
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in dm.palette) and [0, 0, 0] not in dm.palette
-    assert len({tuple(c) for c in make_palette(150)}) == 150
+    assert len({tuple(c) for c in _dm(tree, num_classes=150).palette}) == 150
     assert _dm(tree, class_names=['a', 'b', 'c']).classes == ['a', 'b', 'c']
     assert len(ADE20K_CLASSES) == 150 and ADE20K_CLASSES[:3] == ('wall', 'building', 'sky')
     assert _dm(tree, num_classes=150).classes == list(ADE20K_CLASSES)
@@ -363,7 +364,7 @@ def test_digit_scenes_are_deterministic_and_reused(scenes_root, tmp_path):
 
 
 def test_digit_pools_are_disjoint():
-    _, _, pools = scenes._digit_pools()
+    _, _, pools = scenes.digits_split()
     assert not set(pools['train']) & set(pools['val']) and len(pools['train']) + len(pools['val']) == 1797
 
 
@@ -373,6 +374,8 @@ def test_digit_scenes_datamodule(scenes_root, monkeypatch):
     assert isinstance(dm, ADE20KDataModule) and dm.root == scenes_root / 'ADEChallengeData2016'
     assert dm.num_classes == 11 and dm.classes == ['background'] + [str(d) for d in range(10)]
     assert len(dm.palette) == 11 and dm.batch_size == 16 and dm.ignore_index == 255
+    assert (dm.eval_batch_size, dm.crop_size, dm.ratio_range, dm.cat_max_ratio, dm.hflip) == (16, (64, 64),
+                                                                                              (0.75, 1.5), 1.0, 0.0)
     dm.setup('fit')
     assert len(dm.train_dataset) == 600 and len(dm.val_dataset) == 120
     images, masks = next(iter(dm.train_dataloader()))

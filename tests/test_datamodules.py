@@ -115,7 +115,7 @@ def _remove(path: Path):
     ('empty_class', ValueError, 'class folder {root}/val/dog has no image file'),
     ('odd_batch_with_mixup', ValueError, 'batch_size=5 must be even'),
     ('bad_auto_augment', ValueError, "auto_augment='nonsense'"),
-    ('bad_interpolation', ValueError, "interpolation='cubic'"),
+    ('bad_interpolation', ValueError, "unknown interpolation 'cubic' (did you mean 'bicubic'?)"),
     ('missing_predict_root', FileNotFoundError, 'predict_root {root}/nowhere does not exist'),
 ])
 def test_bad_inputs_fail_in_init(tree, case, error, expected):
@@ -255,6 +255,23 @@ def test_digits_materialise_once_and_split_stratified(tmp_path, monkeypatch):
     images, targets = next(iter(again.train_dataloader()))
     assert images.shape == (64, 3, 32, 32) and targets.dtype == torch.int64
     assert -1.0 <= images.min() and images.max() <= 1.0
+
+
+def test_digits_defaults_are_the_imagenet_arguments_with_other_values(tmp_path):
+    """DigitsDataModule takes exactly ImageNetDataModule's arguments (the signature LightningCLI reads), with the
+    digits' defaults; an argument given still wins."""
+    import inspect
+    ours, parent = (inspect.signature(cls.__init__).parameters for cls in (DigitsDataModule, ImageNetDataModule))
+    assert list(ours) == list(parent)
+    changed = {name: p.default for name, p in ours.items() if p.default != parent[name].default}
+    assert changed == {'root': None, 'batch_size': 64, 'num_workers': 2, 'img_size': 32, 'crop_pct': 1.0,
+                       'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'auto_augment': None, 're_prob': 0.0,
+                       'hflip': 0.0, 'scale': (0.7, 1.0), 'color_jitter': 0.0, 'mixup_alpha': 0.0,
+                       'cutmix_alpha': 0.0, 'label_smoothing': 0.0}
+    dm = DigitsDataModule(str(tmp_path / 'digits'), 8, num_workers=0, hflip=0.5)
+    assert (dm.root, dm.batch_size, dm.hflip, dm.img_size) == (tmp_path / 'digits', 8, 0.5, 32)
+    with pytest.raises(TypeError, match='not_an_argument'):
+        DigitsDataModule(not_an_argument=1)
 
 
 def test_materialize_rebuilds_incomplete_tree_and_spares_foreign_folders(tmp_path):
