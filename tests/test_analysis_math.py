@@ -67,6 +67,15 @@ def test_non_square_maps_are_refused():
         relative_log_amplitude(torch.randn(2, 8, 8))
 
 
+@pytest.mark.parametrize('size', [12, 9])
+def test_equals_the_notebook_recipe_on_the_full_spectrum(size):
+    """fft2 of every channel, log(|F| + 1e-6), mean over batch and channels, fftshift, diagonal from DC, minus DC."""
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    mean_log = torch.log(torch.fft.fft2(x).abs() + EPS).mean(dim=(0, 1))
+    diagonal = torch.fft.fftshift(mean_log).diagonal()[size // 2:]
+    torch.testing.assert_close(relative_log_amplitude(x), diagonal - diagonal[0], atol=1e-10, rtol=0)
+
+
 def test_running_mean_equals_one_call():
     x = torch.randn(6, 3, 10, 10, dtype=torch.float64)
     mean = LogAmplitudeMean()

@@ -5,7 +5,8 @@ For one feature map (B, C, H, W): the 2-D FFT of every channel (fp32, or fp64 fo
 the mean of those logs over batch and channels, fftshift (DC moves to index H // 2), the main diagonal from DC to the
 end, minus its DC value. The curve has H - H // 2 entries, from DC towards the highest diagonal frequency; for an
 even H the Nyquist bin sits at index 0 after the shift and so is left out. Only square maps have a diagonal that
-runs through matching frequencies in both directions, so other maps are refused.
+runs through matching frequencies in both directions, so other maps are refused. Only the diagonal bins are
+computed (``diagonal_log_amplitude``), which equals reading them off the full 2-D FFT.
 
 The mean of the log is additive over images, so ``LogAmplitudeMean`` accumulates it batch by batch and gives the
 same curve as one call on all images at once.
@@ -21,7 +22,7 @@ from ..errors import UserInputError
 from .layers import Layer, forward_hooks, spectral_layers
 
 __all__ = [
-    'EPS', 'to_nchw', 'log_amplitude', 'relative_log_amplitude', 'LogAmplitudeMean', 'diagonal_frequencies',
+    'EPS', 'to_nchw', 'diagonal_log_amplitude', 'relative_log_amplitude', 'LogAmplitudeMean', 'diagonal_frequencies',
     'LayerCurve', 'layer_curves', 'stage_high_frequency',
 ]
 
@@ -43,20 +44,21 @@ def _check_square(fmap: Tensor) -> None:
             f'frequencies of both axes unevenly); feed square images, e.g. --img-size {max(height, width) * 4}')
 
 
-def log_amplitude(fmap: Tensor) -> Tensor:
-    """log(|fft2(fmap)| + 1e-6) per image and channel, same shape as the NCHW ``fmap``, unshifted.
+def diagonal_log_amplitude(fmap: Tensor) -> Tensor:
+    """log(|F(u, u)| + 1e-6) of every image and channel of a square NCHW map at the diagonal frequencies
+    u = 0 .. H - H // 2 - 1, shape (B, C, H - H // 2), where F = fft2(fmap).
 
-    The transform runs in fp64 for fp64 input and in fp32 otherwise (autocast off).
+    Only the diagonal is needed, and F(u, u) = Σ_s g(s) e^(-2πi u s / H) with g(s) the sum of f(y, x) over
+    (y + x) mod H = s: a 1-D FFT of the wrapped anti-diagonal sums, O(H²) instead of a full 2-D FFT. The transform
+    runs in fp64 for fp64 input and in fp32 otherwise (autocast off).
     """
+    size = fmap.shape[-1]
     dtype = torch.float64 if fmap.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=fmap.device.type, enabled=False):
-        return torch.log(torch.fft.fft2(fmap.to(dtype), dim=(-2, -1)).abs() + EPS)
-
-
-def _diagonal_curve(mean_log: Tensor) -> Tensor:
-    size = mean_log.shape[-1]
-    diagonal = torch.fft.fftshift(mean_log, dim=(-2, -1)).diagonal()[size // 2:]
-    return diagonal - diagonal[0]
+        rows = torch.arange(size, device=fmap.device)
+        index = (rows[None, :] - rows[:, None]) % size  # [y, s] -> x with (y + x) mod H = s
+        sums = fmap.to(dtype).gather(-1, index.expand(*fmap.shape[:-2], size, size)).sum(dim=-2)
+        return torch.log(torch.fft.fft(sums, dim=-1)[..., :size - size // 2].abs() + EPS)
 
 
 def relative_log_amplitude(fmap: Tensor, channels_last: bool = False) -> Tensor:
@@ -68,39 +70,37 @@ def relative_log_amplitude(fmap: Tensor, channels_last: bool = False) -> Tensor:
     """
     fmap = to_nchw(fmap, channels_last)
     _check_square(fmap)
-    return _diagonal_curve(log_amplitude(fmap).mean(dim=(0, 1)))
+    curve = diagonal_log_amplitude(fmap).mean(dim=(0, 1))
+    return curve - curve[0]
 
 
 class LogAmplitudeMean:
-    """Running mean of the log amplitude over images and channels of one layer's maps; ``curve()`` finishes it.
-
-    Feeding the maps in several batches gives the same curve as ``relative_log_amplitude`` on all of them.
+    """Running mean of the diagonal log amplitude over images and channels of one layer's maps; ``curve()``
+    finishes it. Feeding the maps in several batches gives the same curve as ``relative_log_amplitude`` on all.
     """
 
     def __init__(self):
         self.total: Optional[Tensor] = None
         self.count = 0
+        self.size = 0  # side of the square maps seen so far
 
     def update(self, fmap: Tensor, channels_last: bool = False) -> None:
         fmap = to_nchw(fmap.detach(), channels_last)
         _check_square(fmap)
-        summed = log_amplitude(fmap).sum(dim=(0, 1)).double().cpu()
-        if self.total is not None and self.total.shape != summed.shape:
-            raise UserInputError(f'feature maps changed size between batches: {tuple(self.total.shape)} then '
-                                 f'{tuple(summed.shape)}; resize every image to one square size')
+        if self.size and fmap.shape[-1] != self.size:
+            raise UserInputError(f'feature maps changed size between batches: {self.size}x{self.size} then '
+                                 f'{fmap.shape[-2]}x{fmap.shape[-1]}; resize every image to one square size')
+        summed = diagonal_log_amplitude(fmap).sum(dim=(0, 1)).double().cpu()
         self.total = summed if self.total is None else self.total + summed
         self.count += fmap.shape[0] * fmap.shape[1]
-
-    @property
-    def size(self) -> int:
-        """Side of the square maps seen so far (0 before the first update)."""
-        return 0 if self.total is None else self.total.shape[-1]
+        self.size = fmap.shape[-1]
 
     def curve(self) -> Tensor:
         """The ΔlogAmp curve (float64) of everything fed so far."""
         if self.total is None:
             raise RuntimeError('LogAmplitudeMean.curve() called before any update()')
-        return _diagonal_curve(self.total / self.count)
+        mean = self.total / self.count
+        return mean - mean[0]
 
 
 def diagonal_frequencies(length: int) -> List[float]:
