@@ -134,13 +134,13 @@ def _best_checkpoint(folder: Path) -> Optional[Path]:
 
 def find_runs(folder: Path) -> List[Tuple[str, Path]]:
     """``(label, checkpoint)`` of every run under ``folder``: a ``checkpoints/`` folder with a best or last
-    checkpoint; the label is the run folder relative to ``folder`` (its own name for ``folder`` itself)."""
+    checkpoint; the label is the run folder relative to ``folder`` (``parent/name`` for ``folder`` itself)."""
     runs = []
     for ckpt_dir in sorted({p.parent for p in folder.rglob('checkpoints/*.ckpt')}):
         path = _best_checkpoint(ckpt_dir)
         if path is not None:
             run_dir = ckpt_dir.parent
-            label = folder.name if run_dir == folder else str(run_dir.relative_to(folder))
+            label = f'{folder.parent.name}/{folder.name}' if run_dir == folder else str(run_dir.relative_to(folder))
             runs.append((label, path))
     return runs
 
@@ -174,12 +174,12 @@ def load_model(spec: str, label: Optional[str] = None) -> List[LoadedModel]:
 
 
 def _run_label(path: Path) -> str:
-    """``logs/grid/cell/checkpoints/x.ckpt`` -> ``cell``, ``logs/name/version_0/checkpoints/x.ckpt`` ->
-    ``name/version_0``; a checkpoint elsewhere -> its stem."""
+    """``logs/name/version_0/checkpoints/x.ckpt`` -> ``name/version_0`` (the run folder and its parent: a grid and
+    its cell, a logger name and its version); a checkpoint elsewhere -> its stem."""
     if path.parent.name != 'checkpoints':
         return path.stem
     run = path.parent.parent
-    return f'{run.parent.name}/{run.name}' if run.name.startswith('version_') else run.name
+    return f'{run.parent.name}/{run.name}'
 
 
 def load_models(specs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[LoadedModel]:

@@ -78,6 +78,10 @@ def filter_figure(filters: Sequence[Filter], title: str) -> Figure:
     heads = sorted({h for _, h in cells})
     fig, axes = plt.subplots(len(stages), len(heads), figsize=(1.9 * len(heads) + 0.8, 1.9 * len(stages) + 0.5),
                              dpi=120, squeeze=False, layout='constrained')
+    # one colour scale for the whole figure, spanning its values: learned SRFs stay near sigmoid(0) = 0.5 for a
+    # long time, and a fixed [0, 1] scale would hide what they learned
+    low = min(float(f.spectrum.min()) for f in cells.values())
+    high = max(float(f.spectrum.max()) for f in cells.values())
     image = None
     for r, stage in enumerate(stages):
         for c, head in enumerate(heads):
@@ -88,7 +92,8 @@ def filter_figure(filters: Sequence[Filter], title: str) -> Figure:
             if item is None:
                 ax.axis('off')
                 continue
-            image = ax.imshow(item.spectrum.numpy(), cmap='viridis', vmin=0, vmax=1, interpolation='nearest')
+            image = ax.imshow(item.spectrum.numpy(), cmap='viridis', vmin=low, vmax=max(high, low + 1e-6),
+                              interpolation='nearest')
             if r == 0:
                 ax.set_title(item.label, fontsize=8)
             if c == 0:

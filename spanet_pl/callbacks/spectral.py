@@ -71,8 +71,9 @@ class _EveryNEpochs(Callback):
             return
         start = time.perf_counter()
         backbone = find_backbone(pl_module)
+        dtype = next(backbone.parameters()).dtype  # bf16-true / 16-true runs keep their weights in half precision
         with torch.no_grad():
-            self._log(trainer, backbone, self.images.to(pl_module.device), self._label(pl_module))
+            self._log(trainer, backbone, self.images.to(pl_module.device, dtype), self._label(pl_module))
         self.seconds = time.perf_counter() - start
         _logger.debug('%s took %.3f s', type(self).__name__, self.seconds)
 
