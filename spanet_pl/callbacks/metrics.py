@@ -50,6 +50,7 @@ class MetricsJSON(Callback):
         self._input_shape = None
         self._monitor: Optional[str] = None
         self._mode = 'max'
+        self._folder: Optional[str] = None
 
     # ---- state that survives a resume ----------------------------------------------------------------------------
     @override
@@ -70,6 +71,8 @@ class MetricsJSON(Callback):
         if stage != 'fit':
             return
         self._started = time.monotonic()
+        # trainer.log_dir broadcasts from rank 0: ask for it here, where every rank does, never on rank 0 alone
+        self._folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
         checkpoint = next((cb for cb in trainer.checkpoint_callbacks
                            if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
         self._monitor = checkpoint.monitor if checkpoint else getattr(pl_module, 'monitor', None)
@@ -123,9 +126,8 @@ class MetricsJSON(Callback):
             pl_module.train(was_training)
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, status: str, error: Optional[str] = None) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self._folder is None:
             return
-        folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
         payload = {
             'status': status, 'error': error, 'monitor': self._monitor, 'mode': self._mode,
             'best': self.best, 'last': self.last, 'epoch': trainer.current_epoch, 'step': trainer.global_step,
@@ -136,4 +138,4 @@ class MetricsJSON(Callback):
             **(self._count_macs(pl_module) if status == 'finished' else {'macs': None, 'fft_flops': None}),
             'written': time.strftime('%Y-%m-%d %H:%M:%S'),
         }
-        write_json_atomic(Path(folder) / METRICS_FILE, payload)
+        write_json_atomic(Path(self._folder) / METRICS_FILE, payload)
