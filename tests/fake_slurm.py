@@ -5,7 +5,7 @@ They record what was submitted and run it here: ``sbatch`` parses the script's `
 (``--array=0-N%P`` at most P at a time) with SLURM's environment variables; ``srun`` starts the tasks of a step;
 ``sacct --parsable2`` reports the states; ``scancel`` cancels or signals (``--signal``) a job or array task;
 ``scontrol requeue`` re-runs an array task when its script exits, as SLURM does. ``FAKE_SLURM_HOLD=1`` makes
-``sbatch`` record without running (jobs stay PENDING).
+``sbatch`` record without running (jobs stay PENDING); ``FAKE_SLURM_FAIL=message`` makes it fail with that message.
 
 Installed by ``install(bin_dir)``: one small shell wrapper per command, calling this file with the test's Python.
 """
@@ -55,6 +55,8 @@ def _split(job_id: str):
 
 
 def sbatch(args):
+    if os.environ.get('FAKE_SLURM_FAIL'):
+        sys.exit(f'sbatch: error: {os.environ["FAKE_SLURM_FAIL"]}')
     script = Path(args[-1])
     text = script.read_text()
     params = dict(re.findall(r'^#SBATCH --([\w-]+)(?:=(.*))?$', text, re.M))

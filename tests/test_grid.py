@@ -2,6 +2,7 @@
 options and SLURM resources, loggers kept, Welch's CI, the report from run folders, the shipped grids."""
 import csv
 import math
+import os
 import re
 from pathlib import Path
 
@@ -203,6 +204,22 @@ def test_local_jobs_share_out_gpus_and_cores(tmp_path, image_tree, monkeypatch):
     grid = load_grid(grid.path, base=str(write_base(tmp_path, image_tree)))
     plan = make_plan(grid.name, grid.runs, {**local, 'max_parallel': 2})
     assert plan.gpus == [[], []] and plan.threads == 4 and plan.parameters['timeout_min'] >= 60 * 24 * 365
+
+
+def test_failed_submission_leaves_nothing_behind(workdir, image_tree, capsys, monkeypatch):
+    import fake_slurm
+    fake_slurm.install(workdir / 'bin', workdir / 'slurm')
+    monkeypatch.setenv('PATH', f'{workdir / "bin"}:{os.environ["PATH"]}')
+    monkeypatch.setenv('FAKE_SLURM_DIR', str(workdir / 'slurm'))
+    monkeypatch.setenv('FAKE_SLURM_FAIL', 'Invalid account or account/partition combination specified')
+    write_base(workdir, image_tree)
+    path = write_grid(workdir, grid={LR: [1e-3, 3e-3]}, executor={'name': 'slurm', 'account': 'nope'})
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # sbatch's own message (passed through), then ours
+    assert len(err) == 2 and err[0].startswith('sbatch: error: Invalid account'), err
+    assert err[1].startswith('spanet_pl.grid: error: submitting to slurm failed, nothing was submitted: sbatch: '
+                             'error: Invalid account'), err
+    assert not (workdir / 'logs').exists()
 
 
 def test_welch_difference_matches_the_formula():

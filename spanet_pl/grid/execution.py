@@ -195,9 +195,13 @@ def submit(plan: Plan, folder: Path, cwd: str) -> Dict[str, Any]:
     else:
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=plan.max_requeues)
         jobs = []
-        for runs, gpus in zip(plan.jobs, plan.gpus):
-            executor.update_parameters(**plan.parameters, gpus_per_node=len(gpus), visible_gpus=tuple(gpus))
-            jobs.append(executor.submit(payload(runs, plan.threads)))
+        try:
+            for runs, gpus in zip(plan.jobs, plan.gpus):
+                executor.update_parameters(**plan.parameters, gpus_per_node=len(gpus), visible_gpus=tuple(gpus))
+                jobs.append(executor.submit(payload(runs, plan.threads)))
+        except BaseException:  # all or nothing, as one SLURM array is
+            cancel(jobs)
+            raise
     return {run.name: job for runs, job in zip(plan.jobs, jobs) for run in runs}
 
 

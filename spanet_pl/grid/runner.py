@@ -184,24 +184,31 @@ def run_grid(grid: Grid, options: Dict[str, Any], dry_run: bool = False, detach:
     if dry_run:
         return _dry_run(grid, views, plan)
 
-    grid.log_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(grid.log_dir / PLAN_FILE, grid_to_plan(grid))
     done = len(views) - len(todo)
     if done:
         print(f'grid {grid.name}: {done} of {len(views)} runs already done, skipped', file=sys.stderr)
     if not todo:
+        write_json_atomic(grid.log_dir / PLAN_FILE, grid_to_plan(grid))
         report_grid(grid, views)
         return 0
     if plan.kind == 'local' and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # started in the background (nohup, &): SIGINT is ignored and local jobs would inherit that, but submitit
         # cancels a local job with SIGINT (and Lightning stops cleanly on it)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # the outermost folder this submission creates (logs/ itself on a first grid): removed if submitting fails
+    created = next((p for p in reversed([grid.log_dir, *grid.log_dir.parents]) if not p.exists()), None)
     previous = _prepare_runs(todo)
     try:
         jobs = submit(plan, grid.log_dir / '.submitit', cwd=str(Path.cwd()))
-    except BaseException:
+    except BaseException as e:  # nothing half-submitted stays behind: the runs read as before
         _restore(todo, previous)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        if isinstance(e, Exception):
+            detail = ' '.join(str(e).split())[-300:] or type(e).__name__
+            raise GridError(f'submitting to {plan.kind} failed, nothing was submitted: {detail}') from e
         raise
+    write_json_atomic(grid.log_dir / PLAN_FILE, grid_to_plan(grid))
     records = read_json(grid.log_dir / JOBS_FILE)
     records.update({name: job_record(plan.kind, job) for name, job in jobs.items()})
     write_json_atomic(grid.log_dir / JOBS_FILE, records)
