@@ -19,7 +19,7 @@ demo-seg: install  ## the segmentation quick start: spanet_nano + Semantic FPN o
 test: install  ## install, then run the whole test-suite
 	$(PYTHON) -m pytest -q
 
-test-fast: install  ## the test-suite without tests marked slow
+test-fast: install  ## the test-suite without the tests marked slow (under a minute on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow"
 
 bench: install  ## params / MACs of every variant at 224 (README table)

@@ -4,10 +4,30 @@ import torch
 import spanet_pl  # noqa: F401  (registers the variants with timm)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _one_intra_op_thread():
+    # the tests' tensors are small and the two cores are shared (with a second pytest, a DDP peer, a grid job):
+    # OpenMP threads that spin for a busy core make a test several times slower than one thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where CUDA is unavailable (``slow`` ones are deselected by ``-m``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA device')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
 
 
 NANO_VARIANTS = ('spanet_nano', 'spanetv2_nano_pure', 'spanetv2_nano_hybrid')

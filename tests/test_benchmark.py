@@ -7,6 +7,7 @@ import torch.nn as nn
 from spanet_pl.benchmark import count_flops, main, measure_speed, measure_table
 
 
+@pytest.mark.slow
 def test_table_params_and_macs():
     rows = measure_table(['spanet_nano', 'spanetv2_nano_pure'], size=64, progress=False)
     assert [row['variant'] for row in rows] == ['spanet_nano', 'spanetv2_nano_pure']
@@ -29,6 +30,7 @@ def test_count_flops_conv_and_fft():
     assert count_flops(Rfft(), torch.randn(1, 4, 16, 16)) == dict(dense=0, fft=2 * 4 * 2.5 * 256 * 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('train', [False, True])
 def test_speed_positive_throughput(train):
     rows = measure_speed(['spanet_nano'], sizes=[64], batch=1, device='cpu', warmup=1, iters=1, train=train,

@@ -57,6 +57,7 @@ def run_main(args):
     return 0
 
 
+@pytest.mark.slow
 def test_fit_validate_test_predict(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree)
     assert run_main(['fit', '--config', str(config)]) == 0
@@ -80,6 +81,7 @@ def test_fit_validate_test_predict(tmp_path, image_tree):
     assert correct >= 8, f'only {correct}/12 validation images right after two epochs'
 
 
+@pytest.mark.slow
 def test_schedule_scales_lr_with_the_effective_batch(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree, **{
         'model.init_args.base_batch_size': 2, 'model.init_args.warmup_epochs': 0,
@@ -95,7 +97,14 @@ def test_schedule_scales_lr_with_the_effective_batch(tmp_path, image_tree):
     assert lrs == sorted(lrs, reverse=True)
 
 
-@pytest.mark.parametrize('config', sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'cli_configs').rglob('*.yaml')))
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'cli_configs').rglob('*.yaml'))
+# the quick starts and one trainer file stay in `make test-fast`; every recipe is parsed by `make test`
+FAST_CONFIGS = ('cli_configs/quickstart.yaml', 'cli_configs/segmentation/quickstart.yaml',
+                'cli_configs/trainer/cpu_ddp_gloo.yaml')
+
+
+@pytest.mark.parametrize('config', [pytest.param(c, marks=() if c in FAST_CONFIGS else pytest.mark.slow)
+                                    for c in CONFIGS])
 def test_every_config_parses(config, capsys):
     # trainer/*.yaml hold only trainer settings: they are meant to follow a recipe as a second --config
     base = ['--config', str(REPO / 'cli_configs' / 'quickstart.yaml')] if config.startswith('cli_configs/trainer/') else []
@@ -105,6 +114,7 @@ def test_every_config_parses(config, capsys):
     assert printed['data']['class_path'].startswith('datamodules.')
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree, **{'trainer.max_epochs': 12, 'last_checkpoint.every_n_train_steps': 1})
     last = tmp_path / 'logs' / 'run' / 'version_0' / 'checkpoints' / 'last.ckpt'
@@ -138,12 +148,14 @@ def test_resume_after_kill(tmp_path, image_tree):
     assert final['optimizer_states'][0]['param_groups'][0]['lr'] == pytest.approx(1e-5)  # schedule ran to its end
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_fresh(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree, **{'trainer.max_epochs': 1})
     assert run_main(['fit', '--config', str(config), '--ckpt_path', 'last']) == 0
     assert (tmp_path / 'logs' / 'run' / 'version_0' / 'checkpoints' / 'last.ckpt').is_file()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     """The quick start under a 2-process DDP (gloo) run, shortened."""
     env = {**os.environ, 'SPANET_PL_DATA': str(tmp_path / 'data')}
@@ -207,6 +219,7 @@ def test_unknown_yaml_key(tmp_path, capsys, image_tree):
     assert not (tmp_path / 'logs').exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_the_step(tmp_path, capsys, image_tree):
     config = write_config(tmp_path, image_tree, **{'model.init_args.optimizer.init_args.lr': 1e30,
                                                    'model.init_args.warmup_epochs': 0})
@@ -215,6 +228,7 @@ def test_non_finite_loss_names_the_step(tmp_path, capsys, image_tree):
     assert 'non-finite training loss' in err and 'at step' in err
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped(tmp_path, capsys, image_tree, caplog):
     bad = image_tree / 'train' / 'red' / 'broken.png'
     bad.write_bytes(b'not an image at all')
@@ -223,6 +237,7 @@ def test_corrupt_image_is_skipped(tmp_path, capsys, image_tree, caplog):
     assert 'broken.png' in caplog.text
 
 
+@pytest.mark.slow
 def test_ema_is_evaluated_alongside(tmp_path, image_tree):
     config = write_config(tmp_path, image_tree, **{'model.init_args.ema_decay': 0.5, 'trainer.max_epochs': 1})
     assert run_main(['fit', '--config', str(config)]) == 0

@@ -45,6 +45,7 @@ def run(args):
         return exit_.code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('head', ['fpn', 'fcn'])
 def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
     config = write_config(tmp_path, ade_tree, head)
@@ -104,6 +105,7 @@ def test_image_without_annotation(tmp_path, capsys, ade_tree):
     assert not (tmp_path / 'logs').exists()
 
 
+@pytest.mark.slow
 def test_label_out_of_range_names_the_file(tmp_path, capsys, ade_tree):
     image, labels = ade20k_scene()
     labels[10, 10] = 9  # class 8 after reduce_zero_label, but the data module has 3 classes

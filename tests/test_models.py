@@ -19,6 +19,10 @@ OFFICIAL_PARAMS = {
 }
 
 
+# building the larger variants, even on the meta device, takes seconds: `make test-fast` counts the small ones
+FAST_PARAMS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
+
+
 def trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -29,7 +33,8 @@ def test_variant_lists():
     assert set(VARIANTS) <= set(timm.list_models('spanet*'))
 
 
-@pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
+@pytest.mark.parametrize('name', [pytest.param(name, marks=() if name in FAST_PARAMS else pytest.mark.slow)
+                                  for name in sorted(OFFICIAL_PARAMS)])
 def test_trainable_params_equal_official(name):
     with torch.device('meta'):
         model = timm.create_model(name)

@@ -61,15 +61,6 @@ def tiny_trainer(tmp_path, **kwargs):
     return Trainer(**kwargs)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    # tiny tensors on shared cores: one intra-op thread is an order of magnitude faster than two contending ones
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def nano():
     torch.manual_seed(0)

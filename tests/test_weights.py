@@ -24,6 +24,7 @@ def equal_tensors(model, expected, skip=()):
     return [k for k, v in state.items() if not k.startswith(skip) and not torch.equal(v, expected[k])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('features_only', [False, True])
 def test_official_ver4_file_sets_the_concat_order(tmp_path, features_only):
     ref = REFERENCE['ver4_s18_hybrid_288']
