@@ -12,6 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from ..flops import count_flops
+
 __all__ = ['MetricsJSON', 'write_json_atomic', 'METRICS_FILE']
 
 METRICS_FILE = 'metrics.json'
@@ -114,7 +116,6 @@ class MetricsJSON(Callback):
     def _count_macs(self, pl_module: LightningModule) -> Dict[str, Optional[int]]:
         if not self.macs or self._input_shape is None:
             return {'macs': None, 'fft_flops': None}
-        from ..benchmark import count_flops
         was_training = pl_module.training
         try:
             x = torch.zeros(1, *self._input_shape, device=pl_module.device)
