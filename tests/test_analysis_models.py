@@ -212,3 +212,20 @@ def test_find_runs_and_unique_labels(tmp_path):
     assert [m.label for m in models] == ['spanet_nano (random init)', 'spanet_nano (random init) (2)']
     with pytest.raises(UserInputError, match='one label per model'):
         load_models(['spanet_nano'], ['a', 'b'])
+
+
+def test_seeds_of_a_cell_are_averaged():
+    from spanet_pl.analysis.fourier import mean_over_seeds, seed_cell
+    images = seeded_input(2, (32, 32))
+    runs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        runs.append((f'spectral_filter=true/seed={seed}', layer_curves(timm.create_model('spanet_nano').eval(), [images])))
+    runs.append(('baseline', runs[0][1]))
+    assert seed_cell('grid/a=1/seed=12') == 'grid/a=1' and seed_cell('a/seed=x') == 'a/seed=x'
+    cells = mean_over_seeds(runs)
+    assert [label for label, _, _ in cells] == ['spectral_filter=true (mean of 3 seeds)', 'baseline']
+    label, mean, spread = cells[0]
+    highs = torch.tensor([run[1][-1].high for run in runs[:3]])
+    assert mean[-1].high == pytest.approx(float(highs.mean())) and spread[-1] == pytest.approx(float(highs.std()))
+    assert cells[1][2] == [0.0] * len(runs[0][1])

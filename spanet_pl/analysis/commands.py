@@ -17,7 +17,7 @@ from .cam import class_activation_maps
 from .context import context_maps, stage_context, upsample_to
 from .data import ImageSet, dataset_images, normalise, path_images, read_pictures
 from .filters import radial_profile, spf_masks, srf_filters
-from .fourier import diagonal_frequencies, layer_curves
+from .fourier import diagonal_frequencies, layer_curves, mean_over_seeds, seed_cell
 from .loading import LoadedModel, load_models
 from .output import Output, safe_name
 from . import plots
@@ -76,15 +76,18 @@ def run_fourier(args, out: Output) -> None:
         results.append((item.label, curves))
         for c in curves:
             for i, (freq, value) in enumerate(zip(diagonal_frequencies(len(c.curve)), c.curve.tolist())):
-                rows.append(dict(model=item.label, layer=c.layer.index, name=c.layer.name, kind=c.layer.kind,
+                rows.append(dict(model=item.label, cell=seed_cell(item.label), layer=c.layer.index, name=c.layer.name, kind=c.layer.kind,
                                  stage=c.layer.stage + 1, block=c.layer.block, depth=c.depth, size=c.size,
                                  freq_index=i, freq_pi=freq, dlogamp=value))
-        last = [c for c in curves if c.layer.kind == 'block'][-1]
-        print(f'  {item.label}: ΔlogAmp at the highest frequency of the last block = {last.high:+.3f} '
-              f'({last.layer.name}, {last.size}x{last.size})')
-    out.figure(plots.fourier_figure(results), 'fourier_curves.png')
-    out.figure(plots.high_frequency_figure(results), 'fourier_high_frequency.png')
-    out.table(rows, 'fourier.csv', ['model', 'layer', 'name', 'kind', 'stage', 'block', 'depth', 'size',
+    cells = mean_over_seeds(results)
+    for label, curves, spread in cells:
+        last = max(range(len(curves)), key=lambda i: (curves[i].layer.kind == 'block', i))
+        std = f' ± {spread[last]:.3f}' if spread[last] else ''
+        print(f'  {label}: ΔlogAmp at the highest frequency of the last block = {curves[last].high:+.3f}{std} '
+              f'({curves[last].layer.name}, {curves[last].size}x{curves[last].size})')
+    out.figure(plots.fourier_figure([(label, curves) for label, curves, _ in cells]), 'fourier_curves.png')
+    out.figure(plots.high_frequency_figure(cells), 'fourier_high_frequency.png')
+    out.table(rows, 'fourier.csv', ['model', 'cell', 'layer', 'name', 'kind', 'stage', 'block', 'depth', 'size',
                                     'freq_index', 'freq_pi', 'dlogamp'])
 
 

@@ -11,8 +11,9 @@ computed (``diagonal_log_amplitude``), which equals reading them off the full 2-
 The mean of the log is additive over images, so ``LogAmplitudeMean`` accumulates it batch by batch and gives the
 same curve as one call on all images at once.
 """
+import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,7 @@ from .layers import Layer, forward_hooks, spectral_layers
 
 __all__ = [
     'EPS', 'to_nchw', 'diagonal_log_amplitude', 'relative_log_amplitude', 'LogAmplitudeMean', 'diagonal_frequencies',
-    'LayerCurve', 'layer_curves', 'stage_high_frequency',
+    'LayerCurve', 'layer_curves', 'stage_high_frequency', 'seed_cell', 'mean_over_seeds',
 ]
 
 EPS = 1e-6
@@ -143,3 +144,32 @@ def layer_curves(model: nn.Module, batches: Iterable[Tensor]) -> List[LayerCurve
 def stage_high_frequency(curves: Sequence[LayerCurve]) -> Dict[int, float]:
     """ΔlogAmp at the highest frequency of the last block of every stage, keyed by stage index."""
     return {c.layer.stage: c.high for c in curves if c.layer.kind == 'block'}
+
+
+def seed_cell(label: str) -> str:
+    """The cell a run belongs to: its label without a trailing ``/seed=N`` (a grid's seeded runs)."""
+    return re.sub(r'/seed=\d+$', '', label)
+
+
+def mean_over_seeds(results: Sequence[Tuple[str, List[LayerCurve]]]
+                    ) -> List[Tuple[str, List[LayerCurve], List[float]]]:
+    """Runs grouped by ``seed_cell``, in first-seen order: ``(cell, mean curves, std of each block's high-frequency
+    ΔlogAmp)``; a cell of one run keeps its label and curves (std 0). Runs of one cell must share their layers."""
+    groups: Dict[str, List[List[LayerCurve]]] = {}
+    for label, curves in results:
+        groups.setdefault(seed_cell(label), []).append(curves)
+    out = []
+    for cell, runs in groups.items():
+        if len(runs) == 1:
+            label = next(lbl for lbl, _ in results if seed_cell(lbl) == cell)
+            out.append((label, runs[0], [0.0] * len(runs[0])))
+            continue
+        if len({len(run) for run in runs}) != 1 or len({tuple(c.size for c in run) for run in runs}) != 1:
+            raise UserInputError(f'the seeds of {cell} have different layers or map sizes; analyse them separately')
+        mean, spread = [], []
+        for parts in zip(*runs):
+            stacked = torch.stack([c.curve for c in parts])
+            mean.append(LayerCurve(parts[0].layer, parts[0].depth, parts[0].size, stacked.mean(dim=0)))
+            spread.append(float(stacked[:, -1].std()))
+        out.append((f'{cell} (mean of {len(runs)} seeds)', mean, spread))
+    return out

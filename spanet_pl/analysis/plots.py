@@ -44,12 +44,20 @@ def fourier_figure(results: Sequence[Tuple[str, List[LayerCurve]]]) -> Figure:
     return fig
 
 
-def high_frequency_figure(results: Sequence[Tuple[str, List[LayerCurve]]]) -> Figure:
-    """ΔlogAmp at the highest frequency of every block versus normalised depth, one line per model."""
+def high_frequency_figure(results: Sequence[Tuple]) -> Figure:
+    """ΔlogAmp at the highest frequency of every block versus normalised depth, one line per model.
+
+    ``results``: ``(label, curves)`` or ``(label, curves, std per curve)``; a std draws a ± band (seeds of a cell).
+    """
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
-    for label, curves in results:
-        blocks = [c for c in curves if c.layer.kind == 'block']
-        ax.plot([c.depth for c in blocks], [c.high for c in blocks], marker='o', ms=3, lw=1.2, label=label)
+    for label, curves, *spread in results:
+        keep = [i for i, c in enumerate(curves) if c.layer.kind == 'block']
+        depth = np.array([curves[i].depth for i in keep])
+        high = np.array([curves[i].high for i in keep])
+        line, = ax.plot(depth, high, marker='o', ms=3, lw=1.2, label=label)
+        if spread and any(spread[0]):
+            std = np.array([spread[0][i] for i in keep])
+            ax.fill_between(depth, high - std, high + std, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel('Normalized depth')
     ax.set_ylabel('Δ Log amplitude at the highest frequency')
     ax.set_xlim(0, 1)
