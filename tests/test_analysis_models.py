@@ -176,6 +176,7 @@ def test_load_variant_names_are_reproducible():
         load_model('missing/run.ckpt')
 
 
+@pytest.mark.slow
 def test_load_official_checkpoint_recognises_the_variant(tmp_path):
     ref = torch.load(REFERENCE)['v2_s18_pure_224']
     path = tmp_path / 'official.pth'
@@ -189,6 +190,7 @@ def test_load_official_checkpoint_recognises_the_variant(tmp_path):
     assert named.label == 'S18' and named.variant == 'spanetv2_s18_pure'
 
 
+@pytest.mark.slow
 def test_load_plain_state_dict_and_mismatch(tmp_path):
     model = timm.create_model('spanet_nano', num_classes=7)
     torch.save(model.state_dict(), tmp_path / 'nano.pt')
