@@ -13,14 +13,15 @@ from tqdm.auto import tqdm
 
 from ..errors import UserInputError
 from . import graph as graphs
+from . import plots
 from .cam import class_activation_maps
 from .context import context_maps, stage_context, upsample_to
 from .data import ImageSet, dataset_images, normalise, path_images, read_pictures
 from .filters import radial_profile, spf_masks, srf_filters
 from .fourier import diagonal_frequencies, layer_curves, mean_over_seeds, seed_cell
+from .layers import stage_sizes
 from .loading import LoadedModel, load_models
 from .output import Output, safe_name
-from . import plots
 
 __all__ = ['run_fourier', 'run_filters', 'run_context', 'run_graph', 'run_cam', 'COMMANDS']
 
@@ -83,8 +84,10 @@ def run_fourier(args, out: Output) -> None:
     for label, curves, spread in cells:
         last = max(range(len(curves)), key=lambda i: (curves[i].layer.kind == 'block', i))
         std = f' ± {spread[last]:.3f}' if spread[last] else ''
+        size = curves[last].size
+        note = '; a map this small has no frequency but DC: use larger inputs' if size < 3 else ''
         print(f'  {label}: ΔlogAmp at the highest frequency of the last block = {curves[last].high:+.3f}{std} '
-              f'({curves[last].layer.name}, {curves[last].size}x{curves[last].size})')
+              f'({curves[last].layer.name}, {size}x{size}{note})')
     out.figure(plots.fourier_figure([(label, curves) for label, curves, _ in cells]), 'fourier_curves.png')
     out.figure(plots.high_frequency_figure(cells), 'fourier_high_frequency.png')
     out.table(rows, 'fourier.csv', ['model', 'cell', 'layer', 'name', 'kind', 'stage', 'block', 'depth', 'size',
@@ -192,6 +195,10 @@ def run_cam(args, out: Output) -> None:
         raise UserInputError(f'cam needs classification models; {", ".join(not_classifiers)} has no classifier '
                              f'(a segmentation run, or a checkpoint without head)')
     pictures, kept, images = _pictures(args, models)
+    side = stage_sizes(models[0].model, normalise(pictures[:1], models[0].mean, models[0].std))[-1]
+    if min(side) < 2:
+        print(f'  note: at {args.img_size}x{args.img_size} the last stage\'s maps are {side[0]}x{side[1]}, so every CAM '
+              f'is flat; use a model trained on larger images (and --img-size)')
     from pytorch_grad_cam.utils.image import show_cam_on_image
     device, overlays, titles, rows = _device(args), {}, {}, []
     for item in models:
