@@ -39,8 +39,13 @@ def _images(parser: argparse.ArgumentParser, count: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m spanet_pl.analysis', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='python -m spanet_pl.analysis',
+        description='Spectral analysis of SPANet-family models. Every command writes PNG figures and the CSV numbers '
+                    'behind them into --out and prints their paths; bad input ends with one error line (exit code 2) '
+                    'and writes nothing.',
+        epilog='example: python -m spanet_pl.analysis fourier --model logs/quickstart/version_0/checkpoints/last.ckpt '
+               '--model spanet_nano')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     fourier = commands.add_parser('fourier', help='relative log amplitude of every block\'s feature maps')
