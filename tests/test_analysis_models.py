@@ -41,6 +41,10 @@ def test_layers_in_forward_order(name):
     assert find_backbone(wrapped) is wrapped.model
     assert spectral_layers(wrapped)[0].name == 'model.stem'
     assert stage_sizes(model, torch.zeros(1, 3, 64, 64)) == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    odd = torch.zeros(1, 3, 97, 61)
+    with torch.no_grad():
+        maps = model.forward_intermediates(odd, intermediates_only=True)
+    assert stage_sizes(model, odd) == [tuple(m.shape[-2:]) for m in maps]
 
 
 @pytest.mark.parametrize('name', NANO_VARIANTS)

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Tuple
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -83,16 +82,20 @@ def forward_hooks(hooks: List[Tuple[nn.Module, Callable]]) -> Iterator[None]:
             handle.remove()
 
 
+def _conv_out(size: Tuple[int, int], conv: nn.Conv2d) -> Tuple[int, int]:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // st + 1
+                 for n, k, st, p, d in zip(size, conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+
+
 def stage_sizes(module: nn.Module, images: Tensor) -> List[Tuple[int, int]]:
-    """(H, W) of every stage's feature maps for inputs shaped like ``images`` (one forward of one image)."""
-    layers = [layer for layer in spectral_layers(module) if layer.kind == 'block' and layer.block == 0]
-    sizes = {}
-
-    def hook(layer):
-        def record(_, __, output):
-            sizes[layer.stage] = tuple(output.shape[1:3] if layer.channels_last else output.shape[2:4])
-        return record
-
-    with torch.no_grad(), forward_hooks([(layer.module, hook(layer)) for layer in layers]):
-        module(images[:1])
-    return [sizes[s] for s in sorted(sizes)]
+    """(H, W) of every stage's feature maps for inputs shaped like ``images``, by conv arithmetic over the stem and
+    the downsampling convs (both families resample only there), without running the network."""
+    backbone = find_backbone(module)
+    size = _conv_out(tuple(images.shape[-2:]), backbone.stem.conv)
+    sizes = []
+    for stage in backbone.stages:
+        conv = getattr(stage.downsample, 'conv', None)
+        if conv is not None:
+            size = _conv_out(size, conv)
+        sizes.append(size)
+    return sizes
