@@ -109,7 +109,7 @@ def test_every_subcommand_on_a_run_checkpoint(classification_run, tmp_path, caps
 def test_segmentation_checkpoint_and_run_folder(segmentation_run, tmp_path):
     out = tmp_path / 'out'
     assert main(['fourier', '--model', str(segmentation_run.parent), '--num-images', '2', '--out', str(out)]) == 0
-    assert {r['model'] for r in rows(out / 'fourier.csv')} == {'version_0'}  # a folder of runs: relative names
+    assert {r['model'] for r in rows(out / 'fourier.csv')} == {'seg/version_0'}  # a folder of runs: <folder>/<run>
     assert main(['fourier', '--model', str(segmentation_run), '--num-images', '2', '--out', str(out)]) == 0
     assert {r['model'] for r in rows(out / 'fourier.csv')} == {'seg/version_0'}
     ckpt = str(segmentation_run / 'checkpoints' / 'last.ckpt')

@@ -213,7 +213,8 @@ def test_find_runs_and_unique_labels(tmp_path):
         (folder / 'last.ckpt').write_bytes(b'')
     (tmp_path / 'grid' / 'a=1' / 'checkpoints' / 'best-epoch001-step4.ckpt').write_bytes(b'')
     runs = find_runs(tmp_path / 'grid')
-    assert [(label, path.name) for label, path in runs] == [('a=1', 'best-epoch001-step4.ckpt'), ('a=2', 'last.ckpt')]
+    assert [(label, path.name) for label, path in runs] == [('grid/a=1', 'best-epoch001-step4.ckpt'),
+                                                            ('grid/a=2', 'last.ckpt')]
     models = load_models(['spanet_nano', 'spanet_nano'])
     assert [m.label for m in models] == ['spanet_nano (random init)', 'spanet_nano (random init) (2)']
     with pytest.raises(UserInputError, match='one label per model'):

@@ -134,13 +134,15 @@ def _best_checkpoint(folder: Path) -> Optional[Path]:
 
 def find_runs(folder: Path) -> List[Tuple[str, Path]]:
     """``(label, checkpoint)`` of every run under ``folder``: a ``checkpoints/`` folder with a best or last
-    checkpoint; the label is the run folder relative to ``folder`` (``parent/name`` for ``folder`` itself)."""
+    checkpoint; the label is ``folder``'s name and the run folder inside it (``<grid>/<cell>/seed=<s>``), or
+    ``parent/name`` for ``folder`` itself, so runs of two grids never share a label."""
     runs = []
     for ckpt_dir in sorted({p.parent for p in folder.rglob('checkpoints/*.ckpt')}):
         path = _best_checkpoint(ckpt_dir)
         if path is not None:
             run_dir = ckpt_dir.parent
-            label = f'{folder.parent.name}/{folder.name}' if run_dir == folder else str(run_dir.relative_to(folder))
+            inside = run_dir.relative_to(folder).as_posix()
+            label = f'{folder.parent.name}/{folder.name}' if inside == '.' else f'{folder.name}/{inside}'
             runs.append((label, path))
     return runs
 
