@@ -303,8 +303,7 @@ class ADE20KDataModule(SplitDataModule):
             self.classes = list(ADE20K_CLASSES)
         else:
             self.classes = [f'class_{i}' for i in range(num_classes)]
-        # the PASCAL VOC colours of the overlays without their first, black: black is left for ignored pixels
-        self.palette = default_palette(num_classes + 1)[1:].tolist()
+        self.palette = default_palette(num_classes).tolist()  # the overlays' colours; black is for ignored pixels
 
         self.root = find_ade20k_root(Path(root).expanduser())
         self.pairs = {

@@ -55,7 +55,7 @@ def test_attributes_and_root_forms(tree):
     assert dm.root == tree / 'ADEChallengeData2016' and _dm(dm.root).root == dm.root
     assert dm.num_classes == CLASSES and dm.classes == ['class_0', 'class_1', 'class_2']
     assert dm.ignore_index == 255 and dm.batch_size == 2
-    assert dm.palette == default_palette(CLASSES + 1)[1:].tolist() and len(dm.palette) == CLASSES
+    assert dm.palette == default_palette(CLASSES).tolist() and len(dm.palette) == CLASSES  # the overlays' colours
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in dm.palette) and [0, 0, 0] not in dm.palette
     assert len({tuple(c) for c in _dm(tree, num_classes=150).palette}) == 150
     assert _dm(tree, class_names=['a', 'b', 'c']).classes == ['a', 'b', 'c']

@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from spanet_pl.callbacks import SegmentationImageLogger
-from spanet_pl.callbacks.segmentation import colorize, default_palette, render_sample
+from spanet_pl.callbacks.segmentation import SegmentationReport, colorize, default_palette, render_sample
 from spanet_pl.errors import MissingPathError, UserInputError
 from spanet_pl.models import ExSPAM, convert_official_state_dict, create_backbone, load_backbone_weights
 from spanet_pl.models.heads import HEADS, FCNHead, SemanticFPNHead, resize_to_original
 from spanet_pl.tasks import ClassificationModule, SegmentationModule
-from spanet_pl.tasks.segmentation import slide_inference
+from spanet_pl.tasks.seg_inference import slide_inference
 from spanet_pl.testing import synthetic_state_dict
 
 REFERENCE = torch.load(Path(__file__).parent / 'fixtures' / 'official_reference.pt')
@@ -87,7 +87,7 @@ def test_fpn_head_odd_sizes_and_norms():
     for norm in ('bn', 'gn'):
         head = SemanticFPNHead([8, 16, 24, 32], 3, fpn_channels=32, head_channels=16, norm=norm).eval()
         assert head(features).shape == (1, 3, 13, 13)
-    assert set(HEADS) == {'fcn', 'fpn'}
+    assert set(HEADS) == {'fcn', 'fpn', 'upernet'}
     with pytest.raises(UserInputError, match="unknown norm 'ln'"):
         FCNHead([8], 3, norm='ln')
     with pytest.raises(UserInputError, match='in_index 4 out of range'):
@@ -207,16 +207,17 @@ def test_validation_at_the_original_size(tmp_path, nano):
 def test_fit_logs_overlays_and_follows_poly(tmp_path, head):
     module = SegmentationModule('spanet_nano', num_classes=NUM_CLASSES, head=head, head_kwargs=SMALL[head],
                                 num_log_images=2,
-                                warmup_steps=1, min_lr=1e-5,
+                                warmup_steps=1, warmup_lr=1e-4, min_lr=1e-5,
                                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
     trainer = tiny_trainer(tmp_path, max_steps=3)
     trainer.fit(module, datamodule=SceneData())
     assert 'val/mIoU' in trainer.callback_metrics and module.monitor == 'val/mIoU'
     assert any(isinstance(c, SegmentationImageLogger) for c in trainer.callbacks)
-    # 1 warmup step, then lr(t) = min_lr + (lr - min_lr) (1 - (t - 1) / 2) ** 0.9 down to min_lr at t = 3 steps
+    # timm's PolyLRScheduler: 1 warmup step from warmup_lr, then lr(t) = min_lr + (lr - min_lr) (1 - (t - 1) / 2) ** 0.9
+    # down to min_lr at t = 3 steps
     scheduler = trainer.lr_scheduler_configs[0].scheduler
-    factors = [scheduler.lr_lambdas[0](t) * 1e-3 for t in range(4)]
-    assert factors == pytest.approx([1e-5 + (1e-3 - 1e-5) * f for f in (0.5, 1.0, 0.5 ** 0.9, 0.0)])
+    lrs = [scheduler._get_lr(t)[0] for t in range(4)]
+    assert lrs == pytest.approx([1e-4, 1e-3, 1e-5 + (1e-3 - 1e-5) * 0.5 ** 0.9, 1e-5])
     groups = trainer.optimizers[0].param_groups
     assert [g['weight_decay'] for g in groups] == [0.05, 0.0]
     assert [g['lr'] for g in groups] == pytest.approx([1e-5, 1e-5])
@@ -327,7 +328,7 @@ def test_pretrained_bad_files(tmp_path):
 
 def test_bad_configuration():
     with pytest.raises(UserInputError, match=r"unknown segmentation head 'fpnn' \(did you mean 'fpn'\?\); "
-                                             r"valid names: fcn, fpn"):
+                                             r"valid names: fcn, fpn, upernet"):
         SegmentationModule(head='fpnn')
     with pytest.raises(UserInputError, match='head_kwargs for .fcn.'):
         SegmentationModule(head='fcn', head_kwargs={'fpn_channels': 64})
@@ -369,8 +370,9 @@ def test_render_sample_colours_and_layout():
     assert gt[:, 5, 0].tolist() == PALETTE[3] and gt[:, 5, 4].tolist() == PALETTE[4]
     assert (picture[:, :, 18:] == 0).all()
     assert colorize(torch.tensor([[7]]), palette).tolist() == [[[0]], [[0]], [[0]]]  # outside the palette
-    voc = default_palette(21)
-    assert voc[0].tolist() == [0, 0, 0] and voc[1].tolist() == [128, 0, 0] and len(set(map(tuple, voc.tolist()))) == 21
+    voc = default_palette(150)  # the PASCAL VOC colour map without black, which is left for ignored pixels
+    assert voc[0].tolist() == [128, 0, 0] and voc[1].tolist() == [0, 128, 0] and len(set(map(tuple, voc.tolist()))) == 150
+    assert [0, 0, 0] not in voc.tolist()
 
 
 def test_overlay_callback_keeps_a_fixed_handful(nano):
@@ -386,5 +388,5 @@ def test_overlay_callback_keeps_a_fixed_handful(nano):
     assert torch.equal(callback.samples[2][1], scenes(2, (16, 24), 1)[1][0])
     pictures = callback.render(FakeTrainer, nano)
     assert [p.shape for p in pictures] == [(3, 16, 3 * 24 + 8)] * 3
-    assert SegmentationModule(num_log_images=0).configure_callbacks() == []
-    assert [c.num_images for c in SegmentationModule(num_log_images=2).configure_callbacks()] == [2]
+    assert [type(c) for c in SegmentationModule(num_log_images=0).configure_callbacks()] == [SegmentationReport]
+    assert [c.num_images for c in SegmentationModule(num_log_images=2).configure_callbacks()[:1]] == [2]

@@ -1,23 +1,32 @@
-"""TensorBoard view of segmentation: a fixed handful of validation images as image | ground truth | prediction."""
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+"""TensorBoard and file views of segmentation: a fixed handful of validation images as image | ground truth |
+prediction during training, and the per-class IoU / accuracy table (CSV + TensorBoard) with a confusion-matrix image
+at the end of ``validate`` / ``test``; one class palette for all of them and for the data modules."""
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
 from ..models.heads import resize_to_original
 
-__all__ = ['SegmentationImageLogger', 'default_palette', 'colorize', 'render_sample']
+__all__ = ['SegmentationImageLogger', 'SegmentationReport', 'default_palette', 'colorize', 'render_sample',
+           'per_class_scores', 'confusion_image']
 
 
 def default_palette(num_classes: int) -> Tensor:
-    """(num_classes, 3) uint8: the PASCAL VOC colour map (bits of the class index spread over R, G, B)."""
+    """(num_classes, 3) uint8: the class colours of every picture and palette PNG in the project — the PASCAL VOC
+    colour map (bits of the index spread over R, G, B) without its first colour, black, which stays for ignored
+    pixels (``colorize``): class ``i`` gets VOC colour ``i + 1``."""
     palette = torch.zeros(num_classes, 3, dtype=torch.uint8)
     for label in range(num_classes):
-        value, r, g, b = label, 0, 0, 0
+        value, r, g, b = label + 1, 0, 0, 0
         for shift in range(7, -1, -1):
             r |= (value & 1) << shift
             g |= ((value >> 1) & 1) << shift
@@ -73,8 +82,8 @@ class SegmentationImageLogger(Callback):
 
     Expects validation batches ``(images, masks)`` or ``(images, masks, {'size', 'input_size'})`` (masks at the original
     size; the image is resized to it for the picture) and ``validation_step`` to return ``{'preds': (B, H, W)}``.
-    Colours come from the data module's ``palette`` (num_classes x 3, 0..255), else the PASCAL VOC colour map;
-    ignored pixels are black. Images are de-normalised with the data module's (else the model's) mean and std.
+    Colours come from the data module's ``palette`` (num_classes x 3, 0..255), else ``default_palette`` (the data
+    modules' own); ignored pixels are black. Images are de-normalised with the data module's (else the model's) mean and std.
     The segmentation task adds it by itself (``num_log_images``); without a TensorBoardLogger it does nothing.
     """
 
@@ -110,7 +119,7 @@ class SegmentationImageLogger(Callback):
         """The (3, H, 3W + 8) uint8 pictures of the kept samples."""
         palette = getattr(getattr(trainer, 'datamodule', None), 'palette', None)
         if palette is None:
-            palette = default_palette(getattr(pl_module, 'num_classes', 256))
+            palette = default_palette(getattr(pl_module, 'num_classes', 255))
         palette = torch.as_tensor(palette, dtype=torch.uint8)
         mean, std = _normalisation(trainer, pl_module)
         return [render_sample(image, mask, pred, palette, mean, std) for image, mask, pred in self.samples]
@@ -126,3 +135,97 @@ class SegmentationImageLogger(Callback):
             loggers[0].experiment.add_image(f'{self.tag}_{i}', picture, global_step=trainer.global_step,
                                             dataformats='CHW')
         self.samples = []
+
+
+def per_class_scores(confusion: Tensor) -> Dict[str, Tensor]:
+    """Per-class ``IoU``, ``Acc`` (recall) and ground-truth ``pixels`` from a (K, K) confusion matrix (rows: ground
+    truth, columns: prediction), float64; NaN where undefined (IoU: the class is in neither; Acc: not in the ground
+    truth), so that their nan-means are mmseg's (and torchmetrics') mIoU and mAcc."""
+    confusion = confusion.double()
+    hits, truth, predicted = confusion.diagonal(), confusion.sum(dim=1), confusion.sum(dim=0)
+    return {'IoU': hits / (truth + predicted - hits), 'Acc': hits / truth, 'pixels': truth}
+
+
+def confusion_image(confusion: Tensor, side: int = 512) -> Tensor:
+    """(3, S, S) uint8 picture of the row-normalised confusion matrix (viridis; a class's row sums to 1), each cell
+    ``side // K`` pixels (at least 1): a bright diagonal is good, a bright off-diagonal cell a confused pair."""
+    from matplotlib import colormaps  # a plotting import only where a picture is made
+    confusion = confusion.double()
+    rows = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    cell = max(1, side // confusion.shape[0])
+    rows = rows.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    rgb = torch.from_numpy(colormaps['viridis'](rows.numpy(), bytes=True)[..., :3])
+    return rgb.permute(2, 0, 1).contiguous()
+
+
+def _format(value: float) -> str:
+    return 'nan' if math.isnan(value) else f'{value:.4f}'
+
+
+class SegmentationReport(Callback):
+    """At the end of ``validate`` / ``test``: per-class IoU and accuracy as ``<log_dir>/<stage>_per_class.csv``
+    (index, class, ground-truth pixels, IoU, Acc, the same for the augmented test when configured, and a ``mean``
+    row), the same table as TensorBoard text (``<stage>/per_class``) and the confusion matrix as an image
+    (``<stage>/confusion_matrix[_ms+flip]``).
+
+    Reads the task's ``confusion_matrices(stage)`` (``SegmentationModule`` fills them in validate/test runs only);
+    class names come from the data module's ``classes``, else ``class_<i>``. Writes nothing without a logger (or in a
+    ``fast_dev_run``). The segmentation task adds it itself.
+    """
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, pl_module, 'val')
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, pl_module, 'test')
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.sanity_checking or trainer.state.fn not in ('validate', 'test'):
+            return
+        matrices = getattr(pl_module, 'confusion_matrices', lambda _: {})(stage)
+        if not matrices:
+            return
+        computed = {tag: metric.compute().cpu() for tag, metric in matrices.items()}  # every rank: a collective
+        for metric in matrices.values():
+            metric.reset()
+        if not trainer.is_global_zero or trainer.fast_dev_run or not trainer.loggers:  # no run folder to write to
+            return
+        path = Path(trainer.log_dir) / f'{stage}_per_class.csv'
+        header, rows = self.table(computed, getattr(trainer.datamodule, 'classes', None))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, 'w', newline='') as f:
+            csv.writer(f).writerows([header] + rows)
+        rank_zero_info(f'{stage}: per-class IoU / accuracy in {path}')
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if loggers:
+            writer, step = loggers[0].experiment, trainer.global_step
+            lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+            writer.add_text(f'{stage}/per_class', '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows]), step)
+            for tag, confusion in computed.items():
+                writer.add_image(f'{stage}/confusion_matrix' + (f'_{tag}' if tag else ''), confusion_image(confusion),
+                                 step, dataformats='CHW')
+
+    @staticmethod
+    def table(confusions: Dict[str, Tensor], classes: Optional[Sequence[str]] = None
+              ) -> Tuple[List[str], List[List[str]]]:
+        """Header and rows (strings) of the per-class table; ``confusions`` maps a tag ('' or e.g. 'ms+flip') to
+        its (K, K) confusion matrix."""
+        scores = {tag: per_class_scores(confusion) for tag, confusion in confusions.items()}
+        first = next(iter(scores.values()))
+        count = len(first['pixels'])
+        names = list(classes) if classes is not None and len(classes) == count else [f'class_{i}' for i in range(count)]
+        header = ['index', 'class', 'pixels']
+        for tag in scores:
+            header += [f'IoU_{tag}' if tag else 'IoU', f'Acc_{tag}' if tag else 'Acc']
+        rows = []
+        for i in range(count):
+            row = [str(i), names[i], str(int(first['pixels'][i]))]
+            for values in scores.values():
+                row += [_format(values['IoU'][i].item()), _format(values['Acc'][i].item())]
+            rows.append(row)
+        mean = ['', 'mean', str(int(first['pixels'].sum()))]
+        for values in scores.values():
+            mean += [_format(values['IoU'].nanmean().item()), _format(values['Acc'].nanmean().item())]
+        return header, rows + [mean]

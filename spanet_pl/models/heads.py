@@ -4,6 +4,9 @@
   CVPR 2015; the ``resize_concat`` input of mmsegmentation's decode heads), dropout, 1x1 classifier.
 * ``SemanticFPNHead``: the semantic branch of Panoptic FPN (Kirillov et al., CVPR 2019) on a 256-channel FPN neck,
   as mmsegmentation's ``FPN`` + ``FPNHead`` used for the ADE20K tables of PoolFormer, SPANet and SPANetV2.
+* ``UperNetHead``: UPerNet (Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2018) as
+  mmsegmentation's ``UPerHead``: a pyramid pooling module on the last level, FPN fusion of all levels at stride 4,
+  used for SPANetV2's 160k-iteration ADE20K table (with an ``FCNHead`` on stage 3 as auxiliary head).
 
 Heads map a list of NCHW maps to logits at the stride of the finest level they use (1/4 for the FPN); the task
 upsamples them to the input size, and ``resize_to_original`` takes them from there to each image's original size.
@@ -19,9 +22,9 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..errors import UserInputError, check_choice
 
-__all__ = ['FCNHead', 'SemanticFPNHead', 'HEADS', 'HeadName', 'HeadNorm', 'conv_norm_act', 'resize_to_original']
+__all__ = ['FCNHead', 'SemanticFPNHead', 'UperNetHead', 'HEADS', 'HeadName', 'HeadNorm', 'conv_norm_act', 'resize_to_original']
 
-HeadName = Literal['fcn', 'fpn']
+HeadName = Literal['fcn', 'fpn', 'upernet']
 HeadNorm = Literal['bn', 'gn']
 
 
@@ -40,6 +43,10 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, nor
         _norm(norm, out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
 def _classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -102,8 +109,7 @@ class FCNHead(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         selected = [features[i] for i in self.in_index]
         size = max((f.shape[-2:] for f in selected), key=lambda s: s[0] * s[1])
-        x = torch.cat([f if f.shape[-2:] == size else
-                       F.interpolate(f, size=size, mode='bilinear', align_corners=False) for f in selected], dim=1)
+        x = torch.cat([_resize(f, size) for f in selected], dim=1)
         out = self.convs(x)
         if self.fuse is not None:
             out = self.fuse(torch.cat([x, out], dim=1))
@@ -155,13 +161,62 @@ class SemanticFPNHead(nn.Module):
             if out is None:
                 out = y
             else:  # odd sizes: 2x upsampling of a rounded-up level overshoots by a pixel or two
-                if y.shape[-2:] != out.shape[-2:]:
-                    y = F.interpolate(y, size=out.shape[-2:], mode='bilinear', align_corners=False)
-                out = out + y
+                out = out + _resize(y, out.shape[-2:])
         return self.classifier(out)
 
 
-HEADS: Dict[HeadName, Type[nn.Module]] = {'fcn': FCNHead, 'fpn': SemanticFPNHead}
+class UperNetHead(nn.Module):
+    """UPerNet: pyramid pooling on the last level (average pooling to ``pool_scales`` x ``pool_scales``, 1x1
+    conv-norm-ReLU, bilinear upsampling, concatenated with the level, 3x3 bottleneck), 1x1 laterals on the other
+    levels, top-down bilinear upsampling + add, 3x3 convs, every level resized to the finest and concatenated, 3x3
+    fusion conv, dropout, 1x1 classifier. Logits at the finest level's stride.
+
+    Args:
+        in_channels: channels of every pyramid level (``backbone.feature_info.channels()``), finest first.
+        num_classes: classifier outputs.
+        channels: width of every conv (mmseg's default 512; SPANetV2-official uses 320 for all its variants).
+        pool_scales: output sizes of the pyramid pooling.
+        dropout: Dropout2d before the classifier.
+        norm: 'bn' (BatchNorm2d, SyncBatchNorm under DDP on GPUs) or 'gn' (GroupNorm 32). With 'bn' a training batch
+            needs more than one image per device (the 1x1 pooled map has one value per channel and image).
+    """
+
+    def __init__(
+            self,
+            in_channels: Sequence[int],
+            num_classes: int,
+            channels: int = 512,
+            pool_scales: Sequence[int] = (1, 2, 3, 6),
+            dropout: float = 0.1,
+            norm: HeadNorm = 'bn',
+    ):
+        super().__init__()
+        in_channels = _check_channels(in_channels, num_classes)
+        pool_scales = [int(s) for s in pool_scales]
+        if not pool_scales or min(pool_scales) < 1:
+            raise UserInputError(f'pool_scales must be positive output sizes, got {pool_scales}')
+        self.pool = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_norm_act(in_channels[-1], channels, 1, norm=norm))
+            for s in pool_scales)
+        self.bottleneck = conv_norm_act(in_channels[-1] + len(pool_scales) * channels, channels, norm=norm)
+        self.laterals = nn.ModuleList(conv_norm_act(c, channels, 1, norm=norm) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(conv_norm_act(channels, channels, norm=norm) for _ in in_channels[:-1])
+        self.fuse = conv_norm_act(len(in_channels) * channels, channels, norm=norm)
+        self.classifier = _classifier(channels, num_classes, dropout)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        top = features[-1]
+        pooled = [_resize(branch(top), top.shape[-2:]) for branch in self.pool]
+        levels = [lateral(f) for lateral, f in zip(self.laterals, features)]
+        levels.append(self.bottleneck(torch.cat([top] + pooled, dim=1)))
+        for i in range(len(levels) - 1, 0, -1):
+            levels[i - 1] = levels[i - 1] + _resize(levels[i], levels[i - 1].shape[-2:])
+        outs = [conv(level) for conv, level in zip(self.fpn_convs, levels)] + [levels[-1]]
+        size = outs[0].shape[-2:]
+        return self.classifier(self.fuse(torch.cat([_resize(out, size) for out in outs], dim=1)))
+
+
+HEADS: Dict[HeadName, Type[nn.Module]] = {'fcn': FCNHead, 'fpn': SemanticFPNHead, 'upernet': UperNetHead}
 
 
 def resize_to_original(logits: torch.Tensor, input_sizes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

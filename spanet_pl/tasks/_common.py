@@ -1,4 +1,5 @@
 """What the classification and segmentation tasks share; neither task imports the other."""
+import re
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -10,9 +11,18 @@ from typing_extensions import override
 from ..errors import UserInputError
 from ..models import create_backbone, load_backbone_weights
 
-__all__ = ['BackboneTask', 'weight_decay_groups']
+__all__ = ['BackboneTask', 'weight_decay_groups', 'stage_lr_decay_groups']
 
 _WEIGHT_ARGUMENTS = {'pretrained', 'pretrained_cfg_overlay', 'official_checkpoint'}
+
+
+def _trainable(model: nn.Module):
+    """``(name, parameter, decayed)`` of every trainable parameter: norms, biases, scales and the model's
+    ``no_weight_decay()`` names (spectral filters) are not decayed."""
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            yield name, param, not (param.ndim <= 1 or name.endswith('.bias') or name in skip)
 
 
 def weight_decay_groups(model: nn.Module) -> List[Dict[str, Any]]:
@@ -20,13 +30,41 @@ def weight_decay_groups(model: nn.Module) -> List[Dict[str, Any]]:
 
     The undecayed group carries ``weight_decay=0``; the other inherits the optimizer's own ``weight_decay``.
     """
-    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith('.bias') or name in skip else decay).append(param)
+    for _, param, decayed in _trainable(model):
+        (decay if decayed else no_decay).append(param)
     return [{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}]
+
+
+def stage_lr_decay_groups(model: nn.Module, backbone_prefix: str, decay: float,
+                          num_layers: int) -> List[Dict[str, Any]]:
+    """``weight_decay_groups`` split by backbone stage, each group with an ``lr_scale`` (which timm's schedulers
+    multiply into the learning rate), as SPANetV2-official's ``stage_wise`` learning-rate decay.
+
+    Stage ids: the stem and the downsampling layers 0, the blocks of stage ``i`` ``i + 1``, every other parameter
+    (heads, necks) ``num_layers + 1``; ``lr_scale = decay ** (num_layers + 1 - id)``, so the heads train at the full
+    rate. The official configs use ``num_layers`` 7 (S18) and 11 (S36), i.e. the last stage at ``0.9 ** 4`` (S18) or
+    ``0.9 ** 8`` (S36) of the heads' rate; ``num_layers = len(stages) - 1`` puts the last stage level with the heads.
+
+    Args:
+        model: the task, whose backbone parameters are named ``<backbone_prefix>stem.…`` / ``…stages.<i>.…``.
+        backbone_prefix: e.g. ``'backbone.model.'``.
+        decay: rate per stage (1.0: every group at the full rate).
+        num_layers: the official ``paramwise_cfg.num_layers``.
+    """
+    stage = re.compile(re.escape(backbone_prefix) + r'(?:stem\.|stages\.(\d+)\.(downsample\.)?)')
+    groups: Dict[Any, Dict[str, Any]] = {}
+    for name, param, decayed in _trainable(model):
+        match = stage.match(name)
+        if match is None:
+            layer = num_layers + 1
+        else:
+            layer = 0 if match.group(1) is None or match.group(2) else int(match.group(1)) + 1
+        group = groups.setdefault((layer, decayed), {'params': [], 'lr_scale': decay ** (num_layers + 1 - layer)})
+        if not decayed:
+            group['weight_decay'] = 0.0
+        group['params'].append(param)
+    return [groups[key] for key in sorted(groups)]
 
 
 class BackboneTask(LightningModule):

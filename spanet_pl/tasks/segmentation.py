@@ -1,54 +1,36 @@
 """Semantic segmentation with any registered SPANet-family backbone's ``features_only`` pyramid and a decoder head.
 
-Recipes follow the papers' ADE20K tables (mmsegmentation): Semantic FPN or an FCN-style head, cross-entropy with
-``ignore_index=255``, AdamW with a poly schedule per iteration, mIoU / pixel accuracy over the whole validation set,
-whole-image or sliding-window inference.
+Recipes follow the papers' ADE20K tables (mmsegmentation): Semantic FPN, UperNet (+ an auxiliary FCN head on stage 3)
+or an FCN-style head, cross-entropy with ``ignore_index=255``, AdamW with warmup + poly per iteration (timm's
+``PolyLRScheduler``) and optional stage-wise learning-rate decay, mIoU / pixel accuracy over the whole validation
+set, whole-image or sliding-window inference, and multi-scale + flip test-time augmentation.
 """
-import logging
 import math
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from timm.layers import to_2tuple
+from timm.scheduler import PolyLRScheduler
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 from typing_extensions import override
 
-from ..callbacks.segmentation import SegmentationImageLogger
+from ..callbacks.segmentation import SegmentationImageLogger, SegmentationReport
 from ..errors import UserInputError, check_choice
-from ..models.heads import HEADS, HeadName, resize_to_original
-from ._common import BackboneTask, weight_decay_groups
+from ..models.heads import HEADS, FCNHead, HeadName, resize_to_original
+from ._common import BackboneTask, stage_lr_decay_groups, weight_decay_groups
+from .seg_inference import aug_inference, aug_tag, check_scales, slide_inference
 
-__all__ = ['SegmentationModule', 'slide_inference', 'Inference']
+__all__ = ['SegmentationModule', 'slide_inference', 'aug_inference', 'Inference']
 
 Inference = Literal['whole', 'slide']
 
-_logger = logging.getLogger(__name__)
-
-def slide_inference(model: nn.Module, images: torch.Tensor, num_classes: int, crop_size: Tuple[int, int],
-                    stride: Tuple[int, int]) -> torch.Tensor:
-    """Logits of overlapping ``crop_size`` windows placed every ``stride`` pixels, averaged where they overlap.
-
-    As mmsegmentation's ``slide_inference``: the last window of a row/column is shifted back to end at the border,
-    and a side shorter than the crop is taken whole (no padding), so an image that fits in one window gives exactly
-    the whole-image logits.
-    """
-    (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
-    batch, _, height, width = images.shape
-    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-    logits = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
-    count = images.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for row in range(rows):
-        for col in range(cols):
-            y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
-            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
-            logits[:, :, y1:y2, x1:x2] += model(images[:, :, y1:y2, x1:x2]).float()
-            count[:, :, y1:y2, x1:x2] += 1
-    return logits / count
+# mmseg's auxiliary FCNHead of the UperNet configs (SPANetV2-official's too): stage 3, 256 channels, one conv
+AUX_DEFAULTS = {'in_index': 2, 'channels': 256, 'num_convs': 1, 'concat_input': False, 'dropout': 0.1}
 
 
 class SegmentationModule(BackboneTask):
@@ -57,22 +39,35 @@ class SegmentationModule(BackboneTask):
     Args:
         backbone: registered variant name (``spanet_pl.VARIANTS``); built with ``features_only=True``.
         num_classes: classes (the CLI links it from the data module); labels are 0..num_classes-1 and ignore_index.
-        head: decoder: 'fpn' (Semantic FPN) or 'fcn' (FCN-style), see ``spanet_pl.models.heads``.
+        head: decoder: 'fpn' (Semantic FPN), 'upernet' (UperNet) or 'fcn' (FCN-style), see ``spanet_pl.models.heads``.
         head_kwargs: constructor arguments of the head (e.g. ``fpn_channels``, ``channels``, ``in_index``, ``norm``).
+        aux_weight: weight of the auxiliary FCN head's loss (0.4 in the UperNet recipes); 0: no auxiliary head. It
+            works with any head and is used in training only.
+        aux_kwargs: ``FCNHead`` arguments of the auxiliary head over ``AUX_DEFAULTS`` (stage 3, 256 channels, 1 conv).
         backbone_kwargs: constructor arguments of the backbone: drop_path_rate, ablation switches, out_indices, ...
         pretrained: backbone weights: an official SPANet/SPANetV2 checkpoint, one of our classification (or
             segmentation) Lightning checkpoints, or a state dict in our layout.
-        optimizer: optimizer factory (AdamW in the papers: lr 2e-4, weight_decay 1e-4), applied to backbone + head with
-            norms, biases and spectral filters undecayed.
-        poly_power: exponent of the poly decay ``(1 - t / T) ** poly_power`` per optimizer step.
-        warmup_steps: linear warmup from 0 over this many optimizer steps before the decay.
+        optimizer: optimizer factory (the papers' AdamW), applied to backbone + heads with norms, biases and spectral
+            filters undecayed.
+        poly_power: exponent of the poly decay ``(1 - t / T) ** poly_power`` per optimizer step after the warmup.
+        warmup_steps: linear warmup from ``warmup_lr`` over this many optimizer steps before the decay.
+        warmup_lr: learning rate at step 0 of the warmup.
         min_lr: floor the poly decay ends at.
+        stage_lr_decay: stage-wise learning-rate decay of the backbone (SPANetV2-official: 0.9 in the UperNet
+            configs; 1.0: off), see ``stage_lr_decay_groups``.
+        stage_lr_decay_layers: the official ``num_layers`` of that decay (7 for S18, 11 for S36); default
+            ``len(stages) - 1``, which puts the last stage at the heads' rate.
         ignore_index: label of unlabelled pixels (no loss, no metric).
         inference: 'whole' (one forward at full size) or 'slide' (``window`` windows every ``window_stride`` pixels) for
             validation, test and predict.
         window: sliding-window size (H, W) (an int for square); named apart from the data's ``crop_size`` because
             Lightning merges both modules' hyper-parameters.
         window_stride: sliding-window step (H, W); at most ``window`` so that every pixel is covered.
+        test_scales: resize ratios of the multi-scale test (e.g. ``[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``), applied by
+            ``validate``, ``test`` and ``predict`` (not by the validations during ``fit``); its metrics are logged
+            as ``<stage>/mIoU_ms+flip`` etc. beside the single-scale ones.
+        test_flip: also average the left-right mirrored image at every scale (``[1.0]`` when test_scales is unset).
+        sync_bn: convert BatchNorm to SyncBatchNorm when training runs distributed on GPUs (else plain BatchNorm).
         num_log_images: validation images logged to TensorBoard as image | ground truth | prediction (0: none).
     """
 
@@ -84,16 +79,24 @@ class SegmentationModule(BackboneTask):
             num_classes: int = 150,
             head: HeadName = 'fpn',
             head_kwargs: Optional[Dict[str, Any]] = None,
+            aux_weight: float = 0.0,
+            aux_kwargs: Optional[Dict[str, Any]] = None,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             pretrained: Optional[str] = None,
             optimizer: OptimizerCallable = torch.optim.AdamW,
             poly_power: float = 0.9,
             warmup_steps: int = 0,
+            warmup_lr: float = 0.0,
             min_lr: float = 0.0,
+            stage_lr_decay: float = 1.0,
+            stage_lr_decay_layers: Optional[int] = None,
             ignore_index: int = 255,
             inference: Inference = 'whole',
             window: Union[int, Tuple[int, int]] = (512, 512),
             window_stride: Union[int, Tuple[int, int]] = (341, 341),
+            test_scales: Optional[List[float]] = None,
+            test_flip: bool = False,
+            sync_bn: bool = True,
             num_log_images: int = 4,
     ):
         super().__init__()
@@ -108,11 +111,15 @@ class SegmentationModule(BackboneTask):
         if num_classes < 1 or 0 <= ignore_index < num_classes:
             raise UserInputError(f'need num_classes >= 1 and ignore_index outside 0..num_classes-1, got '
                                  f'num_classes={num_classes}, ignore_index={ignore_index}')
+        if aux_weight < 0 or not 0 < stage_lr_decay <= 1:
+            raise UserInputError(f'need aux_weight >= 0 and 0 < stage_lr_decay <= 1, got aux_weight={aux_weight}, '
+                                 f'stage_lr_decay={stage_lr_decay}')
+        self.test_scales = check_scales(test_scales) or ((1.0,) if test_flip else None)
         self.backbone = self.build_backbone(backbone, backbone_kwargs, pretrained, features_only=True)
-        try:
-            self.head = HEADS[head](self.backbone.feature_info.channels(), num_classes, **(head_kwargs or {}))
-        except TypeError as error:
-            raise UserInputError(f'head_kwargs for {head!r} ({HEADS[head].__name__}): {error}') from error
+        channels = self.backbone.feature_info.channels()
+        self.head = self._build_head(head, HEADS[head], channels, num_classes, head_kwargs, 'head_kwargs')
+        self.aux_head = (self._build_head('fcn', FCNHead, channels, num_classes, {**AUX_DEFAULTS, **(aux_kwargs or {})},
+                                          'aux_kwargs') if aux_weight > 0 else None)
         self.optimizer_factory = optimizer
         self.num_classes, self.ignore_index = num_classes, ignore_index
         metrics = MetricCollection({
@@ -123,13 +130,32 @@ class SegmentationModule(BackboneTask):
         })
         self.val_metrics = metrics.clone(prefix='val/')
         self.test_metrics = metrics.clone(prefix='test/')
+        self.aug_tag = aug_tag(self.test_scales, test_flip) if self.test_scales else None
+        if self.aug_tag:
+            self.val_aug_metrics = metrics.clone(prefix='val/', postfix=f'_{self.aug_tag}')
+            self.test_aug_metrics = metrics.clone(prefix='test/', postfix=f'_{self.aug_tag}')
+        # per-class IoU / accuracy of validate and test runs (SegmentationReport writes them out)
+        self.confusion = nn.ModuleDict({
+            f'{stage}{suffix}': MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+            for stage in ('val', 'test') for suffix in ([''] + ([f'_{self.aug_tag}'] if self.aug_tag else []))})
+
+    @staticmethod
+    def _build_head(name: str, cls, channels: Sequence[int], num_classes: int, kwargs: Optional[Dict[str, Any]],
+                    key: str) -> nn.Module:
+        try:
+            return cls(channels, num_classes, **(kwargs or {}))
+        except TypeError as error:
+            raise UserInputError(f'{key} for {name!r} ({cls.__name__}): {error}') from error
 
     def no_weight_decay(self) -> set:
         """Names (in this module) of the backbone's undecayed tensors, e.g. SPANetV2's spectral filters."""
         model = getattr(self.backbone, 'model', self.backbone)
-        prefix = 'backbone.model.' if model is not self.backbone else 'backbone.'
         skip = model.no_weight_decay() if hasattr(model, 'no_weight_decay') else ()
-        return {prefix + name for name in skip}
+        return {self._backbone_prefix + name for name in skip}
+
+    @property
+    def _backbone_prefix(self) -> str:
+        return 'backbone.model.' if hasattr(self.backbone, 'model') else 'backbone.'
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,6 +168,17 @@ class SegmentationModule(BackboneTask):
         if check_choice(mode or self.hparams.inference, Inference, 'inference mode') == 'whole':
             return self(images)
         return slide_inference(self, images, self.num_classes, self.crop_size, self.stride)
+
+    def _augmenting(self) -> bool:
+        # the multi-scale test is for validate/test/predict; inside fit it would multiply every validation's cost
+        return bool(self.aug_tag) and not (self._trainer is not None and self.trainer.state.fn == 'fit')
+
+    def evaluate(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(single-scale logits, test-time-augmented class probabilities or None)`` at the input's resolution."""
+        if not self._augmenting():
+            return self.inference(images), None
+        probs, plain = aug_inference(self.inference, images, self.test_scales, self.hparams.test_flip)
+        return (plain if plain is not None else self.inference(images)), probs
 
     def _check_batch(self, images: torch.Tensor, masks: torch.Tensor, same_size: bool = True) -> None:
         if (images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]
@@ -162,13 +199,29 @@ class SegmentationModule(BackboneTask):
         labelled = (masks != self.ignore_index).sum().clamp(min=1)
         return F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction='sum') / labelled
 
+    def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``(loss, parts)``: the decode head's cross-entropy plus ``aux_weight`` x the auxiliary head's, both on
+        logits upsampled to the masks' size; ``parts`` holds the unweighted ``decode`` and ``aux`` losses."""
+        features = self.backbone(images)
+        size = masks.shape[-2:]
+        logits = F.interpolate(self.head(features), size=size, mode='bilinear', align_corners=False)
+        parts = {'decode': self._loss(logits, masks)}
+        loss = parts['decode']
+        if self.aux_head is not None:
+            aux = F.interpolate(self.aux_head(features), size=size, mode='bilinear', align_corners=False)
+            parts['aux'] = self._loss(aux, masks)
+            loss = loss + self.hparams.aux_weight * parts['aux']
+        return loss, parts
+
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         self._check_batch(images, masks)
-        loss = self._loss(self(images), masks)
+        loss, parts = self.training_loss(images, masks)
         self.check_finite(loss, batch_idx)
         self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        if 'aux' in parts:
+            self.log_dict({'train/loss_decode': parts['decode'], 'train/loss_aux': parts['aux']}, sync_dist=True)
         return loss
 
     def _eval_step(self, batch, stage: str) -> Dict[str, torch.Tensor]:
@@ -176,15 +229,40 @@ class SegmentationModule(BackboneTask):
         original size (``ADE20KDataModule``): logits are then resized back per image before the loss and metrics."""
         images, masks, *sized = batch
         self._check_batch(images, masks, same_size=not sized)
-        logits = self.inference(images)
+        logits, probs = self.evaluate(images)
         if sized:
             logits = resize_to_original(logits, sized[0]['input_size'], sized[0]['size'])
+            probs = None if probs is None else resize_to_original(probs, sized[0]['input_size'], sized[0]['size'])
         self.log(f'{stage}/loss', self._loss(logits, masks), sync_dist=True, batch_size=images.shape[0])
-        preds = logits.argmax(dim=1)
-        metrics = self.val_metrics if stage == 'val' else self.test_metrics
-        metrics.update(preds, masks)
-        self.log_dict(metrics, prog_bar=stage == 'val', batch_size=images.shape[0])
-        return {'preds': preds}
+        reporting = self._trainer is not None and self.trainer.state.fn in ('validate', 'test')
+        outputs = {}
+        for suffix, scores, metrics in (('', logits, getattr(self, f'{stage}_metrics')),
+                                        (f'_{self.aug_tag}', probs, getattr(self, f'{stage}_aug_metrics', None))):
+            if scores is None:
+                continue
+            outputs['preds'] = preds = scores.argmax(dim=1)  # the augmented prediction, where there is one
+            metrics.update(preds, masks)
+            self.log_dict(metrics, prog_bar=stage == 'val', batch_size=images.shape[0])
+            if reporting:
+                self.confusion[stage + suffix].update(preds, masks)
+        return outputs
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        for key, metric in self.confusion.items():
+            if key.startswith('val'):
+                metric.reset()
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        for key, metric in self.confusion.items():
+            if key.startswith('test'):
+                metric.reset()
+
+    def confusion_matrices(self, stage: str) -> Dict[str, MulticlassConfusionMatrix]:
+        """``{'': single-scale, 'ms+flip': augmented (when configured)}`` confusion-matrix metrics of ``stage``."""
+        return {key[len(stage):].lstrip('_'): metric for key, metric in self.confusion.items()
+                if key == stage or key.startswith(stage + '_')}
 
     @override
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
@@ -192,42 +270,63 @@ class SegmentationModule(BackboneTask):
 
         ``batch`` is ``(images, indices)`` (masks at the input size) or, from ``ADE20KDataModule``, ``(images, meta)``
         with per-image ``index``, original ``size`` and ``input_size``: the masks then come at each original size
-        (``resize_to_original`` before the argmax).
+        (``resize_to_original`` before the argmax). With ``test_scales`` / ``test_flip`` the masks are the augmented
+        prediction.
         """
         images, meta = batch
-        logits = self.inference(images)
+        logits, probs = self.evaluate(images)
+        scores = logits if probs is None else probs
         if not isinstance(meta, Mapping):
-            return {'indices': meta, 'masks': logits.argmax(dim=1)}
-        preds = resize_to_original(logits, meta['input_size'], meta['size']).argmax(dim=1)
+            return {'indices': meta, 'masks': scores.argmax(dim=1)}
+        preds = resize_to_original(scores, meta['input_size'], meta['size']).argmax(dim=1)
         masks = [pred[:h, :w] for pred, (h, w) in zip(preds, meta['size'].tolist())]
         return {'indices': meta['index'], 'masks': masks}
 
     @override
     def configure_callbacks(self) -> List:
         n = self.hparams.num_log_images
-        return [SegmentationImageLogger(num_images=n)] if n > 0 else []
+        return ([SegmentationImageLogger(num_images=n)] if n > 0 else []) + [SegmentationReport()]
+
+    @override
+    def configure_model(self) -> None:
+        """SyncBatchNorm where it means something: a fit distributed over several GPU processes. Called before the
+        strategy wraps the model in DDP and before the optimizer is built."""
+        trainer = self.trainer
+        if trainer.state.fn != 'fit' or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
+            return
+        device, world = trainer.strategy.root_device.type, trainer.world_size
+        if self.hparams.sync_bn and world > 1 and device == 'cuda':
+            if not any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
+                nn.SyncBatchNorm.convert_sync_batchnorm(self)
+                rank_zero_info(f'SyncBatchNorm: batch statistics shared by the {world} GPU processes')
+        else:
+            why = 'sync_bn is off' if not self.hparams.sync_bn else f'{world} {device} process(es)'
+            rank_zero_info(f'BatchNorm stays per process ({why}; SyncBatchNorm only for a fit distributed on GPUs)')
 
     @override
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(weight_decay_groups(self))
+        decay, layers = self.hparams.stage_lr_decay, self.hparams.stage_lr_decay_layers
+        if decay < 1:
+            model = getattr(self.backbone, 'model', self.backbone)
+            layers = len(model.stages) - 1 if layers is None else layers
+            groups = stage_lr_decay_groups(self, self._backbone_prefix, decay, layers)
+        else:
+            groups = weight_decay_groups(self)
+        optimizer = self.optimizer_factory(groups)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise UserInputError('the poly schedule needs a finite length: set trainer.max_steps or max_epochs')
-        total, warmup, power = max(int(total), 1), self.hparams.warmup_steps, self.hparams.poly_power
-        warmup = min(max(warmup, 0), total - 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(1.0 - (step - warmup) / max(total - warmup, 1), 0.0) ** power
-
-        def decay_to(floor: float):
-            return lambda step: floor + (1.0 - floor) * factor(step)
-
-        lambdas = [decay_to(min(self.hparams.min_lr / g['lr'], 1.0) if g['lr'] > 0 else 0.0)
-                   for g in optimizer.param_groups]
-        _logger.info('optimizer %s: lr %.3g, poly(%.2f) over %d steps after %d warmup, floor %.3g',
-                     type(optimizer).__name__, optimizer.param_groups[0]['lr'], power, total, warmup,
-                     self.hparams.min_lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        total = max(int(total), 1)
+        warmup = min(max(self.hparams.warmup_steps, 0), total - 1)
+        scheduler = PolyLRScheduler(
+            optimizer, t_initial=total - warmup, power=self.hparams.poly_power, lr_min=self.hparams.min_lr,
+            warmup_t=warmup, warmup_lr_init=self.hparams.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+        scheduler.step_update(num_updates=0)  # apply the groups' lr_scale before the first step
+        rank_zero_info(f'optimizer {type(optimizer).__name__}: lr {scheduler.base_values[0]:.3g}, {warmup} warmup '
+                       f'steps, then poly({self.hparams.poly_power:g}) to {self.hparams.min_lr:g} at step {total}'
+                       + (f'; stage-wise lr decay {decay:g} ({layers} layers)' if decay < 1 else ''))
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
+
+    @override
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)
