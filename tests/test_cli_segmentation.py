@@ -1,9 +1,11 @@
 """The segmentation job through the real CLI on a tiny ADE20K-layout tree: fit with both heads, validate in whole and
-sliding-window mode, predict masks at the original image size, bad input."""
+sliding-window mode, predict masks at the original image size, every shipped recipe on the CPU, bad input."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,6 +14,8 @@ from spanet_pl.__main__ import main
 
 from conftest import ADE_H as H, ADE_W as W, ade20k_scene, ade20k_tree, cli_trainer_config, write_ade20k_pair
 
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p.name for p in (REPO / 'cli_configs' / 'segmentation').glob('*.yaml') if p.name != 'quickstart.yaml')
 HEAD_KWARGS = {'fpn': {'fpn_channels': 32, 'head_channels': 16}, 'fcn': {'channels': 32, 'in_index': [0, 1, 2, 3]}}
 
 
@@ -114,7 +118,7 @@ def test_label_out_of_range_names_the_file(tmp_path, capsys, ade_tree):
                  r'annotations/training/ADE_train_00000001\.png has label values 9 outside num_classes=3')
 
 
-@pytest.mark.parametrize('key, value, choices', [('head', 'fpnn', "'fcn', 'fpn'"),
+@pytest.mark.parametrize('key, value, choices', [('head', 'fpnn', "'fcn', 'fpn', 'upernet'"),
                                                  ('inference', 'sliding', "'whole', 'slide'")])
 def test_closed_choices_are_checked_by_the_parser(tmp_path, capsys, ade_tree, key, value, choices):
     """Literal[...] arguments: LightningCLI rejects a value outside them before anything is built or written."""
@@ -122,3 +126,24 @@ def test_closed_choices_are_checked_by_the_parser(tmp_path, capsys, ade_tree, ke
     err = capsys.readouterr().err
     assert f'Expected a typing.Literal[{choices}]. Got value: {value}' in err
     assert not (tmp_path / 'logs').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_every_recipe_smoke_runs_on_cpu(tmp_path, monkeypatch, ade_tree, recipe):
+    """The check before a cluster job: ``--trainer.accelerator cpu --trainer.devices 1 --trainer.fast_dev_run 2`` on an
+    ADE20K-layout folder, with the recipe's own backbone, head(s), precision, schedule and inference mode; only the
+    crops, batch and window shrink so that a full-size backbone takes seconds. BatchNorm stays plain (no SyncBN on
+    one CPU process), and the run leaves nothing in the working directory's checkpoints/."""
+    monkeypatch.chdir(tmp_path)
+    cli = run(['fit', '--config', str(REPO / 'cli_configs' / 'segmentation' / recipe), '--trainer.accelerator', 'cpu',
+               '--trainer.devices', '1', '--trainer.fast_dev_run', '2', '--data.init_args.root', str(ade_tree),
+               '--data.init_args.crop_size', '[64, 64]', '--data.init_args.scale', '[128, 64]',
+               '--data.init_args.batch_size', '2', '--data.init_args.num_workers', '0',
+               '--model.init_args.window', '64', '--model.init_args.window_stride', '43',
+               '--trainer.enable_progress_bar', 'false', '--trainer.enable_model_summary', 'false'])
+    assert not isinstance(cli, int), f'{recipe} exited with {cli}'
+    assert cli.trainer.global_step == 2 and 'val/mIoU' in cli.trainer.callback_metrics
+    norms = [m for m in cli.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert not (tmp_path / 'checkpoints').exists()

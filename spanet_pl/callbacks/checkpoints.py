@@ -25,3 +25,10 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning saves the last checkpoint here even in a fast_dev_run, which has no logger folder (so into
+        # ./checkpoints of the working directory): a smoke test must leave nothing behind
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
