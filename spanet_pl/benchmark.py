@@ -3,6 +3,7 @@
     python -m spanet_pl.benchmark table [--variants NAME ...] [--size 224] [--markdown]
     python -m spanet_pl.benchmark speed [--variants NAME ...] [--sizes 224] [--batch 8] [--device cpu]
         [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--train] [--json out.json]
+    python -m spanet_pl.benchmark seg [--variant spanetv2_s18_pure] [--heads fpn upernet] [--size 512] [--train]
 
 ``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval)
 and, separately, the FFTs of the spectral filters, which FlopCounterMode does not see (``spanet_pl.flops``).
@@ -13,6 +14,9 @@ imports their model files at run time (nothing of them is copied into this repos
 loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``; the harness is
 ``spanet_pl.testing``), prints the largest logit difference and times both, alternating iterations so both see the
 same machine load.
+
+``seg`` times a backbone with the segmentation recipes' decode heads (``spanet_pl.seg_benchmark``), interleaved the
+same way, and reports the peak memory.
 """
 import argparse
 import gc
@@ -33,9 +37,10 @@ from tqdm import tqdm
 from .errors import check_choice
 from .flops import count_flops
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
+from .seg_benchmark import add_segmentation_arguments, measure_segmentation, segmentation_cells
 from .testing import OFFICIAL_FILES, build_official, official_weights, seeded_input
 
-__all__ = ['count_flops', 'measure_table', 'measure_speed', 'format_table', 'main']
+__all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'format_table', 'main']
 
 DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
 Dtype = Literal['float32', 'bfloat16']
@@ -237,6 +242,28 @@ def measure_speed(
     return rows
 
 
+def measure_segmentation_speed(**kwargs) -> List[dict]:
+    """Segmentation images/s and peak memory per decode head: ``spanet_pl.seg_benchmark.measure_segmentation`` (same
+    arguments but ``time_steps``) timed by this module's interleaved loop."""
+    return measure_segmentation(_time_steps, **kwargs)
+
+
+def _segmentation(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    try:
+        _check_variants([args.variant], VARIANTS)
+        if args.device == 'cuda' and not torch.cuda.is_available():
+            raise ValueError('--device cuda given but CUDA is not available')
+    except ValueError as e:
+        sys.exit(f'{parser.prog}: error: {e}')
+    settings = {k: v for k, v in vars(args).items() if k not in ('command', 'json')}
+    load_before = os.getloadavg()[0]
+    rows = measure_segmentation_speed(**settings)
+    environment = _environment(args.device, load_before)
+    title, headers, cells = segmentation_cells(rows, settings, environment)
+    print(title + '\n' + format_table(cells, headers, left=(0, 1, 3)))
+    _write_json(args.json, dict(command='seg', settings=settings, environment=environment, results=rows))
+
+
 def format_table(rows: List[List[str]], headers: Sequence[str], markdown: bool = False,
                  left: Sequence[int] = (0,)) -> str:
     """Rows of cells as an aligned text table (columns ``left`` left-aligned, the rest right) or a GitHub table."""
@@ -303,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m spanet_pl.benchmark', description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest='command', required=True, metavar='{table,speed}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{table,speed,seg}')
 
     table = sub.add_parser('table', help='trainable parameters and MACs of every variant',
                            description='Trainable parameters and MACs (FlopCounterMode FLOPs / 2, batch 1, eval) '
@@ -337,12 +364,18 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument('--train', action='store_true',
                        help='time a training step (forward + cross-entropy backward + SGD step) instead of inference')
     speed.add_argument('--json', type=Path, metavar='PATH', help='also write the results as JSON')
+    add_segmentation_arguments(sub.add_parser(
+        'seg', help='segmentation images/s and peak memory per decode head (FPN, UperNet) at 512x512',
+        description='Images/s (median, heads interleaved) and peak memory of a backbone with the segmentation '
+                    "recipes' decode heads, inference or training (spanet_pl.seg_benchmark)."))
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None):
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == 'seg':
+        return _segmentation(parser, args)
     try:  # argument errors as one line, before minutes of model building
         _check_variants(args.variants, VARIANTS)
         if args.command == 'speed':
