@@ -6,6 +6,7 @@ numbers include the final upsampling to the input size and, in training, the aux
 benchmark's own interleaved loop (passed in by ``spanet_pl.benchmark``), so every head sees the same machine load.
 """
 import argparse
+import functools
 import resource
 import sys
 from pathlib import Path
@@ -30,19 +31,18 @@ TimeSteps = Callable[[List[Callable], int, int, torch.device], List[float]]
 
 
 def _step(model: 'SegmentationModule', x: torch.Tensor, train: bool, amp: bool) -> Callable:
-    """Inference: whole-image logits at the input size. Training: forward + (decode + 0.4 aux) loss + AdamW step."""
-    device_type = x.device.type
-    if not train:
-        def step():
-            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-                model(x)
-        return step
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """Inference: the task's evaluation path (``inference``: whole image, logits at the input size). Training:
+    forward + decode (+ 0.4 auxiliary) loss + backward + AdamW step, as ``training_step`` runs them."""
+    autocast = functools.partial(torch.autocast, x.device.type, dtype=torch.bfloat16, enabled=amp)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
     masks = torch.randint(0, NUM_CLASSES, (x.shape[0], *x.shape[-2:]), device=x.device)
 
     def step():
+        if optimizer is None:
+            with torch.inference_mode(), autocast():
+                return model.inference(x)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        with autocast():
             loss, _ = model.training_loss(x, masks)
         loss.backward()
         optimizer.step()
