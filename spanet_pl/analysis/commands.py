@@ -146,7 +146,8 @@ def run_context(args, out: Output) -> None:
         shown = {s: upsample_to(maps, args.img_size).numpy() for s, maps in native.items()}
         names = [path.rsplit('/', 1)[-1] for path in kept]
         title = f'{item.label}: mean |modulating context| over channels (mean over each stage\'s blocks)'
-        out.figure(plots.context_figure(pictures.numpy(), shown, title, names), f'context_{safe_name(item.label)}.png')
+        out.figure(plots.context_figure(pictures.numpy(), shown, title, names), f'context_{safe_name(item.label)}.png',
+                   palette=True)
     out.table(rows, 'context.csv', ['model', 'image', 'stage', 'y', 'x', 'value'])
 
 
@@ -216,7 +217,7 @@ def run_cam(args, out: Output) -> None:
             peak_y, peak_x = np.unravel_index(int(cam.argmax()), cam.shape)
             rows.append(dict(model=item.label, image=kept[i], top1=cls, top1_name=name, prob=prob,
                              peak_y=int(peak_y), peak_x=int(peak_x), mean_cam=float(cam.mean())))
-    out.figure(plots.cam_figure(pictures.numpy(), overlays, titles), 'cam.png')
+    out.figure(plots.cam_figure(pictures.numpy(), overlays, titles), 'cam.png', palette=True)
     out.table(rows, 'cam.csv', ['model', 'image', 'top1', 'top1_name', 'prob', 'peak_y', 'peak_x', 'mean_cam'])
 
 

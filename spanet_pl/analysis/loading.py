@@ -22,7 +22,7 @@ from ..models import VARIANTS, convert_official_state_dict, create_backbone, loa
 from ..models.official import read_checkpoint
 from .data import DATAMODULE_SOURCES
 
-__all__ = ['LoadedModel', 'load_model', 'load_models', 'find_runs']
+__all__ = ['LoadedModel', 'load_model', 'load_models', 'find_runs', 'run_name']
 
 _logger = logging.getLogger(__name__)
 
@@ -135,15 +135,14 @@ def _best_checkpoint(folder: Path) -> Optional[Path]:
 def find_runs(folder: Path) -> List[Tuple[str, Path]]:
     """``(label, checkpoint)`` of every run under ``folder``: a ``checkpoints/`` folder with a best or last
     checkpoint; the label is ``folder``'s name and the run folder inside it (``<grid>/<cell>/seed=<s>``), or
-    ``parent/name`` for ``folder`` itself, so runs of two grids never share a label."""
+    ``run_name`` for ``folder`` itself, so runs of two grids never share a label."""
     runs = []
     for ckpt_dir in sorted({p.parent for p in folder.rglob('checkpoints/*.ckpt')}):
         path = _best_checkpoint(ckpt_dir)
         if path is not None:
             run_dir = ckpt_dir.parent
             inside = run_dir.relative_to(folder).as_posix()
-            label = f'{folder.parent.name}/{folder.name}' if inside == '.' else f'{folder.name}/{inside}'
-            runs.append((label, path))
+            runs.append((run_name(run_dir) if inside == '.' else f'{folder.name}/{inside}', path))
     return runs
 
 
@@ -175,13 +174,18 @@ def load_model(spec: str, label: Optional[str] = None) -> List[LoadedModel]:
                          f'or run folder')
 
 
+def run_name(run_dir: Path) -> str:
+    """A run folder as a label: ``<grid>/<cell>/seed=<s>`` for a grid's seeded run, else ``<parent>/<run>``
+    (``quickstart/version_0``)."""
+    parts = [run_dir.parent.name, run_dir.name]
+    if run_dir.name.startswith('seed='):
+        parts.insert(0, run_dir.parent.parent.name)
+    return '/'.join(parts)
+
+
 def _run_label(path: Path) -> str:
-    """``logs/name/version_0/checkpoints/x.ckpt`` -> ``name/version_0`` (the run folder and its parent: a grid and
-    its cell, a logger name and its version); a checkpoint elsewhere -> its stem."""
-    if path.parent.name != 'checkpoints':
-        return path.stem
-    run = path.parent.parent
-    return f'{run.parent.name}/{run.name}'
+    """The ``run_name`` of ``<run>/checkpoints/x.ckpt``; a checkpoint elsewhere -> its stem."""
+    return run_name(path.parent.parent) if path.parent.name == 'checkpoints' else path.stem
 
 
 def load_models(specs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[LoadedModel]:

@@ -24,6 +24,11 @@ def _depth_colour(depth: float):
     return cm.plasma_r(depth)
 
 
+def _title(label: str, width: int = 32) -> str:
+    """A panel title that fits its panel: long ``grid/cell/seed`` labels break after their slashes."""
+    return label.replace('/', '/\n') if len(label) > width else label
+
+
 def fourier_figure(results: Sequence[Tuple[str, List[LayerCurve]]]) -> Figure:
     """One panel per model: a ΔlogAmp curve per block, coloured by normalised depth (stem and downsampling skipped)."""
     fig, axes = plt.subplots(1, len(results), figsize=(3.3 * len(results) + 0.9, 3.6), dpi=120, squeeze=False,
@@ -35,7 +40,7 @@ def fourier_figure(results: Sequence[Tuple[str, List[LayerCurve]]]) -> Figure:
             ax.plot(diagonal_frequencies(len(item.curve)), item.curve.numpy(), color=_depth_colour(item.depth), lw=1.2)
         ax.set_xlim(0, 1)
         ax.set_xlabel('Frequency')
-        ax.set_title(label, fontsize=9)
+        ax.set_title(_title(label), fontsize=8)
         ax.xaxis.set_major_formatter(_PI)
         ax.yaxis.set_major_formatter(FormatStrFormatter('%.1f'))
     axes[0][0].set_ylabel('Δ Log amplitude')
@@ -114,10 +119,10 @@ def filter_figure(filters: Sequence[Filter], title: str) -> Figure:
 
 
 def radial_figure(results: Sequence[Tuple[str, Sequence[Filter]]]) -> Figure:
-    """Radial profiles: a panel per stage, a colour per head (or λ), a line style per model."""
+    """Radial profiles: a panel per stage, a colour per head (or λ), a line style per model; the legend below."""
     stages = sorted({f.stage for _, filters in results for f in filters})
-    fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(3.2 * max(len(stages), 1), 3.2), dpi=120,
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(3.2 * max(len(stages), 1), 3.6), dpi=120,
+                             squeeze=False, sharey=True, layout='constrained')
     for m, (label, filters) in enumerate(results):
         for (stage, head), item in sorted(_filter_layout(filters).items()):
             ax = axes[0][stages.index(stage)]
@@ -130,8 +135,8 @@ def radial_figure(results: Sequence[Tuple[str, Sequence[Filter]]]) -> Figure:
         axes[0][i].xaxis.set_major_formatter(_PI)
         axes[0][i].grid(alpha=0.3)
     axes[0][0].set_ylabel('mean response')
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='outside lower center', ncol=min(len(labels), 4), fontsize=7)
     return fig
 
 
@@ -200,7 +205,7 @@ def cam_figure(pictures: np.ndarray, overlays: Dict[str, List[np.ndarray]], titl
         axes[r][0].imshow(picture)
         for c, label in enumerate(overlays, start=1):
             axes[r][c].imshow(overlays[label][r])
-            axes[r][c].set_title(f'{label}\n{titles[label][r]}' if r == 0 else titles[label][r], fontsize=7)
+            axes[r][c].set_title(f'{_title(label, 24)}\n{titles[label][r]}' if r == 0 else titles[label][r], fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
