@@ -1,5 +1,5 @@
 """What the SPANet and SPANetV2 model files share: per-stage arguments, the stage loop, timm's model API and builder."""
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Literal, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -9,9 +9,11 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models._features import feature_take_indices
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_choice
 
-__all__ = ['per_stage', 'Stage', 'BackboneBase', 'build_variant']
+__all__ = ['GlobalPool', 'per_stage', 'Stage', 'BackboneBase', 'build_variant']
+
+GlobalPool = Literal['avg', 'max', 'avgmax', '']
 
 
 def per_stage(value, num_stages: int, name: str) -> list:
@@ -25,9 +27,6 @@ def per_stage(value, num_stages: int, name: str) -> list:
 
 class Stage(nn.Module):
     """``downsample`` then ``blocks`` (a Sequential), optionally with gradient checkpointing over the blocks."""
-
-    downsample: nn.Module
-    blocks: nn.Sequential
 
     def __init__(self):
         super().__init__()
@@ -43,14 +42,15 @@ class Stage(nn.Module):
 class BackboneBase(nn.Module):
     """timm's model API over ``stem`` -> ``stages`` -> ``norm`` -> ``head`` (the parts both families share).
 
-    A family defines ``_make_head(num_classes)``, ``forward_head`` and ``_feature_map(x, final)``: a stage output as
-    an NCHW map, ``final`` when it is the last stage's output that ``forward_head`` receives.
+    A family defines ``_make_head(num_classes)``, ``_feature_map(x, final)`` (a stage output as an NCHW map,
+    ``final`` when it is the last stage's output that ``forward_head`` receives) and ``_head_norm(x)`` (what the head
+    normalises after pooling, per channel of an NCHW map). The head is timm's: ``global_pool`` (keeping dims),
+    ``_head_norm``, flatten when pooled, dropout, classifier; ``global_pool=''`` with ``num_classes=0`` returns the
+    unpooled map. (No class annotations of submodules here: TorchScript would take them as interface types.)
     """
 
     in_chans: int
     num_features: int
-    stages: nn.Sequential
-    feature_info: List[dict]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -67,12 +67,30 @@ class BackboneBase(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            check_choice(global_pool, GlobalPool, 'global_pool')
+            # dims kept: SPANetV2's head norm acts per channel of the pooled (or unpooled) map
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        if num_classes > 0 and self.global_pool.is_identity():
+            raise UserInputError(f"global_pool='' returns the unpooled feature map, so it needs num_classes=0 "
+                                 f"(got {num_classes})")
+        self.num_classes = num_classes
         self.head = self._make_head(num_classes)
 
-    def _check_input(self, x: Tensor):
+    def _head_norm(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled (and, for SPANetV2, normalised) features with ``pre_logits``, else class logits; with
+        ``global_pool=''`` the (normalised) NCHW map."""
+        x = self.head_drop(self.flatten(self._head_norm(self.global_pool(x))))
+        return x if pre_logits else self.head(x)
+
+    @torch.jit.unused  # never called in TorchScript (is_scripting guards it)
+    def _check_input(self, x: Tensor) -> None:
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():  # shapes are proxies there
+            return
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise UserInputError(
                 f'{type(self).__name__} expects images shaped (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), '
@@ -117,7 +135,8 @@ class BackboneBase(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's output as ``forward_head`` takes it (NCHW)."""
-        self._check_input(x)
+        if not torch.jit.is_scripting():
+            self._check_input(x)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)

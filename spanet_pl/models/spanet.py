@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, GroupNorm1, Mlp, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, GroupNorm1, Mlp, calculate_drop_path_rates, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.metaformer import Scale
 
 from ..errors import UserInputError
-from ._common import BackboneBase, Stage, build_variant, per_stage
+from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
 from .official import to_ours
 from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spectral_filter
 
@@ -142,7 +142,7 @@ class SPANet(BackboneBase):
         dims: channels per stage.
         in_chans: input image channels.
         num_classes: classifier outputs; 0 gives pooled features.
-        global_pool: timm pool type of the classifier head.
+        global_pool: 'avg', 'max', 'avgmax' or '' (no pooling: the normalised last map, with num_classes=0).
         mlp_ratio: MLP expansion.
         kernel_size: SPAM context kernel size, one for all stages or one per stage.
         radii: SPAM low-pass radius (frequency bins) per stage; official (2, 2, 1, 1).
@@ -160,7 +160,7 @@ class SPANet(BackboneBase):
             dims: Sequence[int] = (64, 128, 320, 512),
             in_chans: int = 3,
             num_classes: int = 1000,
-            global_pool: str = 'avg',
+            global_pool: GlobalPool = 'avg',
             mlp_ratio: float = 4.,
             kernel_size: IntOrSeq = 7,
             radii: Sequence[float] = (2, 2, 1, 1),
@@ -201,9 +201,8 @@ class SPANet(BackboneBase):
         self.stages = nn.Sequential(*stages)
 
         self.norm = GroupNorm1(dims[-1])
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module):
@@ -219,10 +218,6 @@ class SPANet(BackboneBase):
     def _feature_map(self, x: Tensor, final: bool) -> Tensor:
         # The official head normalises the whole last feature map before pooling.
         return self.norm(x) if final else x
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.global_pool(x))
-        return x if pre_logits else self.head(x)
 
 
 @dataclass(frozen=True)
@@ -259,7 +254,10 @@ def _cfg(**kwargs) -> dict:
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.conv', 'classifier': 'head', 'paper_ids': 'arXiv:2308.11568', **kwargs,
+        'first_conv': 'stem.conv', 'classifier': 'head', 'paper_ids': 'arXiv:2308.11568',
+        'paper_name': 'SPANet: Frequency-balancing Token Mixer using Spectral Pooling Aggregation Modulation',
+        'origin_url': 'https://github.com/DoranLyong/SPANet-official', 'license': 'mit',  # the official README's
+        **kwargs,
     }
 
 
