@@ -85,6 +85,27 @@ def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
         assert mask.mode == 'P' and set(np.unique(np.asarray(mask)).tolist()) <= {0, 1, 2}
 
 
+def test_test_reports_ms_flip_beside_single_scale_and_the_per_class_table(tmp_path, ade_tree):
+    """The papers' evaluation through the CLI (``test`` with ``test_scales`` + ``test_flip``): the ms+flip metrics
+    beside the single-scale ones, ``test_per_class.csv`` with both column sets, and both confusion-matrix images."""
+    cli = run(['test', '--config', write_config(tmp_path, ade_tree), '--model.init_args.test_scales', '[0.5, 1.0]',
+               '--model.init_args.test_flip', 'true', '--model.init_args.num_log_images', '0'])
+    assert not isinstance(cli, int), f'test exited with {cli}'
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {'test/mIoU', 'test/aAcc', 'test/mAcc', 'test/mIoU_ms+flip', 'test/aAcc_ms+flip'} <= set(metrics)
+    version = tmp_path / 'logs' / 'seg' / 'version_0'
+    rows = [line.split(',') for line in (version / 'test_per_class.csv').read_text().splitlines()]
+    assert rows[0] == ['index', 'class', 'pixels', 'IoU', 'Acc', 'IoU_ms+flip', 'Acc_ms+flip']
+    assert [r[1] for r in rows[1:]] == ['class_0', 'class_1', 'class_2', 'mean']
+    assert float(rows[-1][3]) == pytest.approx(metrics['test/mIoU'], abs=1e-4)
+    assert float(rows[-1][5]) == pytest.approx(metrics['test/mIoU_ms+flip'], abs=1e-4)
+    assert int(rows[-1][2]) == 2 * (H * W - 3 * W - 1)  # both images at their original size less the ignored pixels
+    events = EventAccumulator(str(version), size_guidance={'images': 0}).Reload()
+    assert sorted(events.Tags()['images']) == ['test/confusion_matrix', 'test/confusion_matrix_ms+flip']
+    picture = events.Images('test/confusion_matrix')[-1]
+    assert picture.height == picture.width > 0
+
+
 def expect_error(tmp_path, capsys, config, pattern):
     assert run(['fit', '--config', config]) == 2
     err = capsys.readouterr().err.strip()
