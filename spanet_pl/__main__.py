@@ -1,4 +1,6 @@
-"""``python -m spanet_pl {fit,validate,test,predict} --config FILE.yaml [--key value ...]``"""
+"""``python -m spanet_pl {fit,validate,test,predict} --config FILE.yaml [--key value ...]``, or
+``python -m spanet_pl export ...`` / ``python -m spanet_pl hub save ...`` (their own ``--help``)."""
+import importlib
 import sys
 from typing import Optional
 
@@ -25,11 +27,19 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
+# subcommands beside LightningCLI's fit/validate/test/predict: module with a ``main(argv)``
+TOOLS = {'export': 'spanet_pl.export', 'hub': 'spanet_pl.hub'}
+
+
 def main(args=None):
     """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the ``SpanetCLI`` (its ``trainer`` holds the
-    run's ``callback_metrics``); bad input exits with status 2 and one ``spanet_pl: error:`` line on stderr."""
-    from .cli import SpanetCLI
+    run's ``callback_metrics``), or what a tool subcommand returns; bad input exits with status 2 and one
+    ``spanet_pl: error:`` line on stderr."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in TOOLS:
+            return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        from .cli import SpanetCLI
         cli = SpanetCLI(args=args)
         _close_process_group()
         return cli

@@ -1,0 +1,147 @@
+"""``python -m spanet_pl export (--ckpt RUN.ckpt | --model NAME) --format onnx|exported-program|torchscript --out FILE``
+
+Exports a classifier (a variant, randomly initialised or from an official checkpoint, or a classification run) or a
+segmentation run's network (backbone + decode head, logits at the input's resolution):
+
+* ``onnx``: ``torch.onnx.export(dynamo=True)``; the rfft2/irfft2 of the spectral filters lower to ONNX ``DFT``
+  nodes (opset 18 and later), so the file runs in onnxruntime as it is;
+* ``exported-program``: ``torch.export`` (``.pt2``, load with ``torch.export.load``);
+* ``torchscript``: ``torch.jit.script`` of a classifier (``torch.jit.load``); a segmentation network is traced at
+  ``--img-size`` (tracing keeps the stage sizes of that input: run it at that size only).
+
+Every export is checked against eager PyTorch on a random batch (onnxruntime for ONNX) and the largest absolute
+difference is printed.
+"""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import UserInputError, check_choice
+
+__all__ = ['FORMATS', 'export_model', 'check_export', 'build_network', 'main']
+
+FORMATS = ('onnx', 'exported-program', 'torchscript')
+_logger = logging.getLogger(__name__)
+
+
+def build_network(ckpt: Optional[str] = None, model: Optional[str] = None, official: Optional[str] = None,
+                  num_classes: Optional[int] = None) -> Tuple[nn.Module, str]:
+    """The network to export and its kind ('classification' or 'segmentation'), in eval mode.
+
+    Args:
+        ckpt: a classification or segmentation run's checkpoint.
+        model: a variant name (random weights unless ``official`` is given).
+        official: an official SPANet/SPANetV2 checkpoint for ``model``.
+        num_classes: classifier outputs for ``model`` (default: the variant's 1000).
+    """
+    if (ckpt is None) == (model is None):
+        raise UserInputError('give exactly one of --ckpt RUN.ckpt or --model NAME')
+    if ckpt is not None:
+        from .tasks.restore import restore_run
+        run = restore_run(ckpt)
+        return run.network, run.kind
+    from .models import create_backbone
+    kwargs = {} if num_classes is None else {'num_classes': num_classes}
+    return create_backbone(model, official_checkpoint=official, **kwargs).eval(), 'classification'
+
+
+def _dynamic_shapes(dynamic_batch: bool):
+    return ({0: torch.export.Dim('batch', min=1, max=4096)},) if dynamic_batch else None
+
+
+def export_model(network: nn.Module, fmt: str, out: os.PathLike, img_size: Tuple[int, int] = (224, 224),
+                 dynamic_batch: bool = False, opset: int = 18, kind: str = 'classification') -> Tensor:
+    """Write ``network`` to ``out`` in ``fmt``; returns the example batch it was exported with.
+
+    A dynamic batch is exported from a batch of 2 (torch.export specialises a batch of 1 to a constant).
+    """
+    check_choice(fmt, FORMATS, 'export format')
+    network = network.eval()
+    example = torch.randn(2 if dynamic_batch else 1, 3, *img_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if fmt == 'onnx':
+            torch.onnx.export(network, (example,), str(out), dynamo=True, opset_version=opset,
+                              dynamic_shapes=_dynamic_shapes(dynamic_batch), input_names=['images'],
+                              output_names=['logits'], optimize=True, verbose=False)
+        elif fmt == 'exported-program':
+            program = torch.export.export(network, (example,), dynamic_shapes=_dynamic_shapes(dynamic_batch))
+            torch.export.save(program, str(out))
+        elif kind == 'classification':
+            torch.jit.script(network).save(str(out))
+        else:
+            torch.jit.trace(network, example).save(str(out))
+    return example
+
+
+def _onnx_session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise UserInputError('checking an ONNX export needs onnxruntime: pip install "spanet_pl[export]"') from error
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def check_export(network: nn.Module, fmt: str, path: os.PathLike, images: Tensor) -> float:
+    """Largest absolute difference between eager ``network`` and the exported file on ``images``."""
+    with torch.no_grad():
+        expected = network.eval()(images)
+        if fmt == 'onnx':
+            session = _onnx_session(Path(path))
+            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+        elif fmt == 'exported-program':
+            got = torch.export.load(str(path)).module()(images)
+        else:
+            got = torch.jit.load(str(path))(images)
+    return (got - expected).abs().max().item()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m spanet_pl export', description='Export a classifier or a segmentation run.',
+        epilog='example: python -m spanet_pl export --model spanetv2_s18_pure --format onnx --out s18.onnx '
+               '--dynamic-batch')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--ckpt', help='checkpoint of a classification or segmentation run')
+    source.add_argument('--model', help='variant name (random weights unless --official)')
+    parser.add_argument('--official', help='official checkpoint (.pth) loaded into --model')
+    parser.add_argument('--num-classes', type=int, help='classifier outputs of --model (default 1000)')
+    parser.add_argument('--format', required=True, choices=FORMATS)
+    parser.add_argument('--out', required=True, help='output file (.onnx, .pt2, .pt)')
+    parser.add_argument('--img-size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'),
+                        help='input height and width (default 224 224)')
+    parser.add_argument('--dynamic-batch', action='store_true', help='any batch size (ONNX, exported-program)')
+    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default 18; DFT needs 17 or later)')
+    parser.add_argument('--no-check', action='store_true', help='skip comparing the export with eager PyTorch')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = _parser().parse_args(argv)
+    if args.official and not args.model:
+        raise UserInputError('--official needs --model VARIANT')
+    if min(args.img_size) < 32:
+        raise UserInputError(f'--img-size must be at least 32 x 32 (four downsamplings), got {args.img_size}')
+    network, kind = build_network(args.ckpt, args.model, args.official, args.num_classes)
+    example = export_model(network, args.format, args.out, tuple(args.img_size), args.dynamic_batch, args.opset, kind)
+    print(f'wrote {args.out} ({args.format}, {kind}, input (B, 3, {args.img_size[0]}, {args.img_size[1]}), '
+          f'batch {"dynamic" if args.dynamic_batch else example.shape[0]})')
+    if not args.no_check:
+        images = torch.randn(3 if args.dynamic_batch else example.shape[0], *example.shape[1:])
+        print(f'max |exported - eager| = {check_export(network, args.format, args.out, images):.3g} '
+              f'(batch {images.shape[0]})')
+    return Path(args.out)
+
+
+if __name__ == '__main__':
+    sys.exit(main() and 0)
