@@ -7,7 +7,8 @@ from torch import Tensor
 
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureHookNet, feature_take_indices
+from timm.models._features_fx import FeatureGraphNet
 
 from ..errors import UserInputError, check_choice
 
@@ -148,11 +149,36 @@ class BackboneBase(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def _nchw(features):
+    if isinstance(features, dict):
+        return {k: v.permute(0, 3, 1, 2) for k, v in features.items()}
+    return [f.permute(0, 3, 1, 2) for f in features]
+
+
+class NCHWHookNet(FeatureHookNet):
+    """timm's hook feature wrapper for stages with channels-last outputs (SPANetV2): NCHW maps, as the getter's."""
+
+    def forward(self, x):
+        return _nchw(super().forward(x))
+
+
+class NCHWGraphNet(FeatureGraphNet):
+    """timm's FX feature wrapper for stages with channels-last outputs (SPANetV2): NCHW maps, as the getter's."""
+
+    def forward(self, x):
+        return _nchw(super().forward(x))
+
+
 def build_variant(model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, defaults: dict,
                   out_indices: Optional[tuple] = None, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg`` with a variant table's settings as defaults and a ``getter`` feature wrapper."""
+    """timm's ``build_model_with_cfg`` with a variant table's settings as defaults and a ``getter`` feature wrapper
+    (``feature_cls='hook'`` / ``'fx'`` give NCHW maps too where the stages run channels-last: ``stage_fmt``)."""
     for key, value in defaults.items():
         kwargs.setdefault(key, value)
+    feature_cls = kwargs.get('feature_cls')
+    if getattr(model_cls, 'stage_fmt', 'NCHW') == 'NHWC' and isinstance(feature_cls, str):
+        kwargs['feature_cls'] = (NCHWHookNet if 'hook' in feature_cls.lower() else
+                                 NCHWGraphNet if feature_cls.lower() == 'fx' else feature_cls)
     if out_indices is None:
         out_indices = tuple(range(len(kwargs['depths'])))
     return build_model_with_cfg(
