@@ -24,14 +24,16 @@ def official_state_dict(case: str):
 FAST_CASE = 'ver4_s18_hybrid_288'
 
 
+# grad: the training path (ExSPAM's per-head convs, the custom autograd functions) instead of the inference one
+@pytest.mark.parametrize('grad', [False, True])
 @pytest.mark.parametrize('case', [pytest.param(case, marks=() if case == FAST_CASE else pytest.mark.slow)
                                   for case in sorted(REFERENCE)])
-def test_logits_equal_official(case):
+def test_logits_equal_official(case, grad):
     ref = REFERENCE[case]
     model = timm.create_model(ref['variant']).eval()
     load_official_checkpoint(model, official_state_dict(case))
-    with torch.no_grad():
-        logits = model(seeded_input(2, (ref['size'], ref['size']), ref['seed']))
+    with torch.set_grad_enabled(grad):
+        logits = model(seeded_input(2, (ref['size'], ref['size']), ref['seed'])).detach()
     torch.testing.assert_close(logits, ref['logits'], atol=1e-4, rtol=0)
     expected_layout = {'v1': None, 'v2': 'interleave', 'v2_ver4': 'concat'}[ref['layout']]
     assert {m.head_layout for m in model.modules() if isinstance(m, ExSPAM)} <= {expected_layout}
@@ -142,3 +144,27 @@ def test_official_harness_imports_with_shims_and_restores_timm(tmp_path):
     assert weights.keys() == model.state_dict().keys() and not torch.equal(weights['weight'], model.weight)
     with pytest.raises(FileNotFoundError, match='spanetv2_ver4.py'):
         official_module('v2_ver4', str(tmp_path))
+
+
+# Live comparison with the official code at more input sizes than the fixture holds, where local clones are given:
+# SPANET_OFFICIAL_V1=PATH/SPANet-official SPANET_OFFICIAL_V2=PATH/SPANetV2-official pytest -m slow -k live
+LIVE_CASES = [('v1', 'spanet_small', 224), ('v2', 'spanetv2_s18_pure', 160), ('v2', 'spanetv2_s18_hybrid', 256),
+              ('v2_ver4', 'spanetv2_s18_pure', 320), ('v2_ver4', 'spanetv2_s18_hybrid', 192)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layout,variant,size', LIVE_CASES)
+def test_logits_equal_live_official(layout, variant, size):
+    import os
+    from spanet_pl.testing import build_official, official_weights
+    root = os.environ.get('SPANET_OFFICIAL_V1' if layout == 'v1' else 'SPANET_OFFICIAL_V2')
+    if not root:
+        pytest.skip('no SPANET_OFFICIAL_V1 / SPANET_OFFICIAL_V2 clone given')
+    official = build_official(layout, variant, root)
+    official.load_state_dict(official_weights(official, layout, seed=1))
+    model = load_official_checkpoint(timm.create_model(variant).eval(), official.state_dict())
+    x = seeded_input(2, (size, size), seed=1)
+    with torch.no_grad():
+        reference = official(x)
+        torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(model(x).detach(), reference, atol=1e-4, rtol=0)  # the training path

@@ -6,7 +6,7 @@ expansion and uses the result to modulate a query branch. Numerical reference: D
 (image_classification/models/spanetv2.py and spanetv2_ver4.py); all heads share one depthwise conv call (smaller
 kernels zero-padded to the largest) and one FFT, and attention uses PyTorch's fused kernel, with the same outputs.
 """
-from typing import Dict, Literal, Optional, Sequence, Tuple, Union, get_args
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ from timm.layers import to_2tuple
 from timm.models.metaformer import Attention as _TimmAttention
 
 from ..errors import UserInputError, check_choice
+from .fused import use_fused
 from .spectral import resize_filter, spectral_filter
 
 __all__ = ['ExSPAM', 'LearnableSigmoid', 'Attention', 'MixAttention', 'TOKEN_MIXERS', 'HeadLayout', 'SrfAct',
@@ -27,6 +28,16 @@ HeadLayout = Literal['interleave', 'concat']
 SrfAct = Literal['sigmoid', 'learnable_sigmoid']
 TokenMixer = Literal['exspam', 'mixattention', 'attention']
 _HEAD_LAYOUTS = get_args(HeadLayout)
+
+
+def filter_like(weight: Tensor, x: Tensor) -> Tensor:
+    """A (C, h, w) half-spectrum filter resized to channels-last ``x`` (B, H, W, C): (C, H, W//2+1). A torch.fx leaf
+    (the size is read from the traced input), as is ``spectral_filter`` here."""
+    return resize_filter(weight, x.shape[1], x.shape[2] // 2 + 1)
+
+
+torch.fx.wrap('filter_like')
+torch.fx.wrap('spectral_filter')
 
 
 def head_layout_state(head_layout: HeadLayout) -> Tensor:
@@ -106,7 +117,7 @@ class ExSPAM(nn.Module):
         else:
             self.register_parameter('filter', None)
             self.srf_act = None
-        self.proj = nn.Sequential(
+        self.proj = ContextProjection(
             nn.Conv2d(dim, dim * expand_ratio, 1, groups=head_dim, bias=bias),
             nn.GroupNorm(1, dim * expand_ratio),
             act_layer(),
@@ -133,25 +144,38 @@ class ExSPAM(nn.Module):
             return None
         return self.srf_act(resize_filter(self.filter, height, width // 2 + 1))
 
-    def _derived(self, height: int, width: int):
-        """Weights the forward pass uses, in the channel order of ``head_layout``.
+    def _to_layout(self, t: Tensor) -> Tensor:
+        """Per-channel tensor (head-major along dim 0) in the channel order of ``head_layout``: interleaved, channel
+        (head i, group g) moves from i * G + g to g * heads + i (a reshape, not an index, so backward is a copy)."""
+        if self.head_layout != 'interleave':
+            return t
+        return t.unflatten(0, [self.num_heads, -1]).transpose(0, 1).flatten(0, 1)
 
-        Every head's depthwise kernel is zero-padded to the largest one so all heads run as a single conv.
-        """
+    def _srf_channels_last(self, height: int, width: int) -> Optional[Tensor]:
+        srf = self.srf(height, width)
+        return None if srf is None else self._to_layout(srf).permute(1, 2, 0)
+
+    def _srf_like(self, x: Tensor) -> Optional[Tensor]:
+        """``_srf_channels_last`` at the size of channels-last ``x`` (the size read inside an FX leaf)."""
+        if self.filter is None:
+            return None
+        return self._to_layout(self.srf_act(filter_like(self.filter, x))).permute(1, 2, 0)
+
+    def _derived(self, height: int, width: int):
+        """Weights of the inference path, in the channel order of ``head_layout``: every head's depthwise kernel
+        zero-padded to the largest one so all heads run as a single conv (fewest passes when nothing is saved for
+        backward), the context projection, and the SRF as (H, W//2+1, C)."""
         k_max = max(self.kernel_sizes)
         dw_weight = torch.cat([F.pad(conv.weight, [(k_max - conv.kernel_size[0]) // 2] * 4)
                                for conv in self.local_convs])
         dw_bias = torch.cat([conv.bias for conv in self.local_convs])
-        ctx_weight, ctx_bias, srf = self.ctx.weight, self.ctx.bias, self.srf(height, width)
-        if self.head_layout == 'interleave':
-            # channel (group g, head i) moves from head-major position i * G + g to g * heads + i
-            order = torch.arange(self.dim, device=dw_weight.device).view(self.num_heads, -1).t().reshape(-1)
-            dw_weight, dw_bias, ctx_weight = dw_weight[order], dw_bias[order], ctx_weight[order]
-            ctx_bias = ctx_bias[order] if ctx_bias is not None else None
-            srf = srf[order] if srf is not None else None
-        return dw_weight, dw_bias, ctx_weight, ctx_bias, srf
+        ctx_bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
+        return (self._to_layout(dw_weight), self._to_layout(dw_bias), self._to_layout(self.ctx.weight), ctx_bias,
+                self._srf_channels_last(height, width))
 
-    def _derived_cached(self, height: int, width: int):
+    @torch.jit.unused
+    def _derived_cached(self, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor],
+                                                                  Optional[Tensor]]:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._derived(height, width)
         key = (height, width, self.head_layout, tuple((p.data_ptr(), p._version) for p in self.parameters()))
@@ -159,16 +183,56 @@ class ExSPAM(nn.Module):
             self._cache = {'key': key, 'value': self._derived(height, width)}
         return self._cache['value']
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _context(self, x: Tensor) -> Tensor:
+        """The depthwise, spectrally re-scaled context (B, H, W, C) in the channel order of ``head_layout``."""
+        if torch.jit.is_scripting():
+            return self._context_per_head(x)
+        return self._context_eager(x)
+
+    def _context_per_head(self, x: Tensor) -> Tensor:
+        # one conv per head at its own kernel size: the depthwise weight gradient costs ~k^2 per channel, so
+        # zero-padding 3/5/7 to 9 would double it; heads are contiguous (head-major) before the reordering
+        ctx = self.ctx(x).permute(0, 3, 1, 2)
+        parts = ctx.chunk(self.num_heads, 1)
+        heads: List[Tensor] = []
+        for i, conv in enumerate(self.local_convs):
+            heads.append(conv(parts[i]).permute(0, 2, 3, 1))
+        ctx = torch.stack(heads, -1).flatten(-2) if self.head_layout == 'interleave' else torch.cat(heads, -1)
+        srf = self._srf_like(x)
+        if srf is not None:
+            ctx = spectral_filter(ctx, srf, channels_last=True)
+        return ctx
+
+    @torch.jit.unused
+    def _context_eager(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or not use_fused():  # training; FX tracing (no cache of traced values)
+            return self._context_per_head(x)
         _, height, width, channels = x.shape
         dw_weight, dw_bias, ctx_weight, ctx_bias, srf = self._derived_cached(height, width)
-        q = self.query(x)
         ctx = F.linear(x, ctx_weight, ctx_bias).permute(0, 3, 1, 2)
         ctx = F.conv2d(ctx, dw_weight, dw_bias, padding=dw_weight.shape[-1] // 2, groups=channels)
+        ctx = ctx.permute(0, 2, 3, 1)
         if srf is not None:
-            ctx = spectral_filter(ctx, srf)
-        ctx = self.proj(ctx).permute(0, 2, 3, 1)
+            ctx = spectral_filter(ctx, srf, channels_last=True)
+        return ctx
+
+    def forward(self, x: Tensor) -> Tensor:
+        # channels-last throughout: the convs see NCHW views of channels-last memory, so no element-wise op mixes
+        # memory layouts (which runs several times slower than on matching strides)
+        q = self.query(x)
+        ctx = self.proj(self._context(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj_drop(self.proj_out(q * ctx))
+
+
+class ContextProjection(nn.Sequential):
+    """ExSPAM's head-mixing projection: grouped 1x1 conv, GroupNorm(1), activation, 1x1 conv (NCHW in and out, the
+    module analyses hook). The last 1x1 conv runs as a matmul over channels-last memory, so its output is
+    channels-last whatever path the grouped conv took."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self[2](self[1](self[0](x)))  # expand, norm, act (indexed: TorchScript cannot unpack a module)
+        reduce = self[3]
+        return F.linear(x.permute(0, 2, 3, 1), reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
 
 
 def _keep_head_layout_if_absent(module: ExSPAM, state_dict, prefix: str, *args) -> None:

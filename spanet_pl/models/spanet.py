@@ -27,11 +27,29 @@ from timm.models.metaformer import Scale
 from ..errors import UserInputError
 from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
 from .official import to_ours
-from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spectral_filter
+from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spam_masks_uncached, spectral_filter
 
 __all__ = ['SPAM', 'SPANet', 'SPANET_VARIANTS']
 
 IntOrSeq = Union[int, Sequence[int]]
+
+
+@torch.jit.unused
+def _cached_masks(x: Tensor, radius: float, lambdas: List[float], sizes: List[int]) -> Tensor:
+    return spam_masks(x.shape[-2], x.shape[-1], radius, lambdas, sizes, x.device)
+
+
+def spam_filter(x: Tensor, radius: float, lambdas: List[float], sizes: List[int]) -> Tensor:
+    """SPAM's spectral masks at ``x``'s size (NCHW) applied to ``x``: one function, so that torch.fx keeps it as a
+    leaf (its masks depend on the traced size), and masks built afresh in TorchScript (no cache there)."""
+    if torch.jit.is_scripting():
+        masks = spam_masks_uncached(x.shape[-2], x.shape[-1], radius, lambdas, sizes, x.device)
+    else:
+        masks = _cached_masks(x, radius, lambdas, sizes)
+    return spectral_filter(x, masks)
+
+
+torch.fx.wrap('spam_filter')
 
 
 class SPAM(nn.Module):
@@ -62,6 +80,7 @@ class SPAM(nn.Module):
         self.lambdas = tuple(float(v) for v in lambdas)
         self.group_sizes = chunk_sizes(dim, len(self.lambdas))
         self.use_filter = spectral_filter
+        self._lambda_list, self._size_list = list(self.lambdas), list(self.group_sizes)  # TorchScript: lists
 
         self.proj_in = nn.Conv2d(dim, dim, 1)
         self.conv = nn.Sequential(
@@ -71,6 +90,7 @@ class SPAM(nn.Module):
         self.pws = nn.ModuleList([nn.Conv2d(size, dim, 1) for size in self.group_sizes])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
+    @torch.jit.unused
     def masks(self, height: int, width: int, device=None) -> Tensor:
         """The per-channel half-spectrum masks used at an (height, width) feature map."""
         return spam_masks(height, width, self.radius, self.lambdas, self.group_sizes, device)
@@ -81,11 +101,16 @@ class SPAM(nn.Module):
         x = self.conv(self.proj_in(x))
         ctx = x
         if self.use_filter:
-            ctx = spectral_filter(x, self.masks(x.shape[-2], x.shape[-1], x.device))
+            ctx = spam_filter(x, self.radius, self._lambda_list, self._size_list)
         # Summing a 1x1 conv per channel group equals one 1x1 conv over all groups with the weights side by side.
-        weight = torch.cat([pw.weight for pw in self.pws], dim=1)
-        bias = torch.stack([pw.bias for pw in self.pws]).sum(0)
-        return x, F.conv2d(ctx, weight, bias)
+        weights: List[Tensor] = []
+        biases: List[Tensor] = []
+        for pw in self.pws:
+            weights.append(pw.weight)
+            bias = pw.bias
+            if bias is not None:  # always (TorchScript types it Optional)
+                biases.append(bias)
+        return x, F.conv2d(ctx, torch.cat(weights, dim=1), torch.stack(biases).sum(0))
 
     def forward(self, x: Tensor) -> Tensor:
         x, ctx = self.modulation(x)

@@ -23,10 +23,11 @@ from torch import Tensor
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models.metaformer import LayerNormNoBias, MlpHead, Scale, SquaredReLU, StarReLU
+from timm.models.metaformer import LayerNormNoBias, MlpHead, Scale, SquaredReLU
 
 from ..errors import UserInputError, check_choice
-from ._common import BackboneBase, Stage, build_variant, per_stage
+from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
+from .fused import StarReLU, scale_add
 from .exspam import (TOKEN_MIXERS, Attention, ExSPAM, HeadLayout, LearnableSigmoid, MixAttention, SrfAct,
                      TokenMixer, head_layout_state)
 from .official import HEAD_LAYOUT_OF, to_ours
@@ -63,9 +64,23 @@ class SPANetV2Block(nn.Module):
         self.res_scale2 = scale(init_value=res_scale_init_value) if res_scale_init_value else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
-        x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        if torch.jit.is_scripting():  # TorchScript takes no module arguments: the plain residuals
+            x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+            return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        x = self._residual(self.res_scale1, x, self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x)))))
+        x = self._residual(self.res_scale2, x, self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x)))))
         return x
+
+    @staticmethod
+    def _residual(res_scale: nn.Module, x: Tensor, branch: Tensor) -> Tensor:
+        # res_scale(x) + branch; a res-scale as one fused multiply-add
+        if isinstance(res_scale, Scale):
+            return scale_add(x, res_scale.scale, branch)
+        return res_scale(x) + branch
 
 
 class Stem(nn.Module):
@@ -110,7 +125,7 @@ class SPANetV2(BackboneBase):
             mixattention, attention).
         in_chans: input image channels.
         num_classes: classifier outputs; 0 gives pooled, normalised features.
-        global_pool: timm pool type before the final norm.
+        global_pool: 'avg', 'max', 'avgmax' or '' (no pooling: the normalised last map, with num_classes=0).
         img_size: training input size; sets the stored SRF resolution (input // 4, // 8, ... per stage).
         kernel_sizes: ExSPAM depthwise kernel per head (its length is the head count).
         srf_act: ExSPAM SRF activation, 'sigmoid' or 'learnable_sigmoid'.
@@ -127,6 +142,8 @@ class SPANetV2(BackboneBase):
         drop_path_rate: stochastic depth, rising linearly over all blocks.
     """
 
+    stage_fmt = 'NHWC'  # stage outputs (hooked by timm's hook / fx feature wrappers) are channels-last
+
     def __init__(
             self,
             depths: Sequence[int] = (3, 3, 9, 3),
@@ -134,7 +151,7 @@ class SPANetV2(BackboneBase):
             token_mixers: Union[TokenMixer, Sequence[TokenMixer]] = 'exspam',
             in_chans: int = 3,
             num_classes: int = 1000,
-            global_pool: str = 'avg',
+            global_pool: GlobalPool = 'avg',
             img_size: Union[int, Tuple[int, int]] = 224,
             kernel_sizes: Sequence[int] = (3, 5, 7, 9),
             srf_act: SrfAct = 'sigmoid',
@@ -185,10 +202,9 @@ class SPANetV2(BackboneBase):
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
 
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         self.apply(self._init_weights)
 
     def _make_head(self, num_classes: int) -> nn.Module:
@@ -213,9 +229,8 @@ class SPANetV2(BackboneBase):
     def _feature_map(x: Tensor, final: bool) -> Tensor:
         return x.permute(0, 3, 1, 2)  # channels-last inside the stages; the final norm acts on pooled features
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.norm(self.global_pool(x)))
-        return x if pre_logits else self.head(x)
+    def _head_norm(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # per channel of a pooled or unpooled map
 
 
 @dataclass(frozen=True)
@@ -264,7 +279,10 @@ def _cfg(**kwargs) -> dict:
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.conv', 'classifier': 'head.fc2', 'paper_ids': 'arXiv:2503.23947', **kwargs,
+        'first_conv': 'stem.conv', 'classifier': 'head.fc2', 'paper_ids': 'arXiv:2503.23947',
+        'paper_name': 'SPANetV2: Spectral-Adaptive Modulation Networks',
+        'origin_url': 'https://github.com/DoranLyong/SPANetV2-official', 'license': 'unknown',  # the repo states none
+        **kwargs,
     }
 
 

@@ -8,13 +8,15 @@ SPANet's circular mask is real and symmetric under frequency negation, so filter
 ``rfft2``/``irfft2`` gives the same result as the official full-spectrum ``fft2``/``fftshift``/``ifft2(...).real``.
 """
 import functools
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..errors import UserInputError
+from .fused import use_fused
 
 __all__ = [
     'DEFAULT_LAMBDAS', 'chunk_sizes', 'signed_frequencies', 'circular_mask', 'spam_masks',
@@ -52,6 +54,12 @@ def signed_frequencies(n: int, device: Optional[torch.device] = None) -> Tensor:
 @functools.lru_cache(maxsize=256)
 @torch.inference_mode(False)
 def _circular_mask(height: int, width: int, radius: float, lam: float, device: torch.device) -> Tensor:
+    return circular_mask_uncached(height, width, radius, lam, device)
+
+
+def circular_mask_uncached(height: int, width: int, radius: float, lam: float,
+                           device: Optional[torch.device] = None) -> Tensor:
+    """``circular_mask`` built afresh from tensor ops (TorchScript; torch.export, where a cached tensor would be fake)."""
     fy = signed_frequencies(height, device)[:, None]
     fx = torch.arange(width // 2 + 1, device=device)[None, :]
     # Integer squares then a float32 sqrt, as the official mask is computed, so ring bins compare identically.
@@ -74,36 +82,107 @@ def circular_mask(height: int, width: int, radius: float, lam: float, device=Non
 @functools.lru_cache(maxsize=256)
 @torch.inference_mode(False)
 def _spam_masks(height, width, radius, lambdas, sizes, device) -> Tensor:
-    masks = torch.stack([_circular_mask(height, width, radius, lam, device) for lam in lambdas])
+    return spam_masks_uncached(height, width, radius, list(lambdas), list(sizes), device)
+
+
+def spam_masks_uncached(height: int, width: int, radius: float, lambdas: List[float], sizes: List[int],
+                        device: Optional[torch.device] = None) -> Tensor:
+    """``spam_masks`` built afresh from tensor ops (TorchScript, torch.export)."""
+    masks = torch.stack([circular_mask_uncached(height, width, radius, lam, device) for lam in lambdas])
     return masks.repeat_interleave(torch.tensor(sizes, device=device), dim=0)
 
 
 def spam_masks(
         height: int, width: int, radius: float, lambdas: Sequence[float], sizes: Sequence[int], device=None,
 ) -> Tensor:
-    """Per-channel masks, shape (sum(sizes), height, width//2+1): channel group i uses λ_i. Cached, read-only."""
+    """Per-channel masks, shape (sum(sizes), height, width//2+1): channel group i uses λ_i. Cached, read-only
+    (built afresh while torch.export / torch.compile trace: their tensors must not enter the cache)."""
+    if torch.compiler.is_compiling():
+        return spam_masks_uncached(int(height), int(width), float(radius), [float(v) for v in lambdas],
+                                   [int(s) for s in sizes], device)
     return _spam_masks(
         int(height), int(width), float(radius), tuple(float(v) for v in lambdas), tuple(int(s) for s in sizes),
         torch.device(device or 'cpu'))
 
 
-def spectral_filter(x: Tensor, weight: Tensor) -> Tensor:
-    """Multiply the (ortho-normalised) rfft2 half spectrum of ``x`` (B, C, H, W) by ``weight`` (C, H, W//2+1).
+class _SpectralFilter(torch.autograd.Function):
+    """y = irfft2(weight * rfft2(x)) over dims (1, 2) of channels-last (B, H, W, C) maps, weight (H, W//2+1, C) real.
 
-    The transform runs in fp32 whatever the input dtype (and with autocast off), then casts back.
+    The operator is a circular convolution with a real, even frequency response (irfft2 symmetrises the half
+    spectrum), hence self-adjoint: the input gradient is the same filter applied to the output gradient, two real
+    transforms instead of autograd's complex full-spectrum backward of rfft2. The weight gradient is
+    Re(rfft2(grad) * conj(rfft2(x))) summed over the batch, doubled on the bins the half spectrum stands for twice.
     """
-    height, width = x.shape[-2:]
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spec = torch.fft.rfft2(x.float(), dim=(-2, -1), norm='ortho')
-        spec = spec * weight.float()
-        out = torch.fft.irfft2(spec, s=(height, width), dim=(-2, -1), norm='ortho')
-    return out.to(x.dtype)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spec = torch.fft.rfft2(_at_least_fp32(x), dim=(1, 2), norm='ortho')
+            out = _apply(spec, weight, x.shape[1:3])
+        ctx.save_for_backward(spec if ctx.needs_input_grad[1] else None, weight)
+        return out.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        spec, weight = ctx.saved_tensors
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            grad_spec = torch.fft.rfft2(_at_least_fp32(grad), dim=(1, 2), norm='ortho')
+            grad_x = _apply(grad_spec, weight, grad.shape[1:3]).to(grad.dtype) if ctx.needs_input_grad[0] else None
+            grad_w = None
+            if ctx.needs_input_grad[1]:
+                grad_w = (torch.view_as_real(grad_spec) * torch.view_as_real(spec)).sum(dim=(0, -1))
+                twice = grad.shape[2] - grad.shape[2] // 2 - 1  # bins 1..twice appear twice in the full spectrum
+                grad_w[:, 1:twice + 1] *= 2
+                grad_w = grad_w.to(weight.dtype)
+        return grad_x, grad_w
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    # fp16 / bf16 up to fp32; fp64 (gradcheck) stays fp64
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _apply(spec: Tensor, weight: Tensor, size: List[int]) -> Tensor:
+    # a real weight scales real and imaginary parts alike: no complex copy of the weight
+    real = torch.view_as_real(spec)
+    spec = torch.view_as_complex(real * weight.to(real.dtype).unsqueeze(-1))
+    return torch.fft.irfft2(spec, s=size, dim=(1, 2), norm='ortho')
+
+
+@torch.jit.unused  # eager, FX and torch.export only; TorchScript takes the fp32 expression below
+def _filter_eager(x_cl: Tensor, w_cl: Tensor) -> Tensor:
+    if not use_fused():  # FX: plain differentiable ops
+        with torch.autocast(device_type=x_cl.device.type, enabled=False):
+            return _apply(torch.fft.rfft2(_at_least_fp32(x_cl), dim=(1, 2), norm='ortho'), w_cl,
+                          x_cl.shape[1:3]).to(x_cl.dtype)
+    return _SpectralFilter.apply(x_cl, w_cl)
+
+
+def spectral_filter(x: Tensor, weight: Tensor, channels_last: bool = False) -> Tensor:
+    """Multiply the (ortho-normalised) rfft2 half spectrum of ``x`` by the real ``weight``, per channel.
+
+    Args:
+        x: (B, C, H, W), or with ``channels_last`` (B, H, W, C) (no copies for channels-last models).
+        weight: (C, H, W//2+1), or with ``channels_last`` (H, W//2+1, C).
+        channels_last: the layout of both.
+
+    The transforms run in fp32 whatever the input dtype (and with autocast off), then cast back. The backward pass is
+    a custom one (``_SpectralFilter``), same values as autograd's.
+    """
+    x_cl = x if channels_last else x.permute(0, 2, 3, 1)
+    w_cl = weight if channels_last else weight.permute(1, 2, 0)
+    if torch.jit.is_scripting():
+        out = _apply(torch.fft.rfft2(x_cl.float(), dim=(1, 2), norm='ortho'), w_cl, x_cl.shape[1:3]).to(x.dtype)
+    else:
+        out = _filter_eager(x_cl, w_cl)
+    return out if channels_last else out.permute(0, 3, 1, 2)
 
 
 def resize_filter(weight: Tensor, height: int, width: int) -> Tensor:
     """Resize a learnable (C, h, w) half-spectrum filter to (C, height, width) as SPANetV2 does: bicubic,
     align_corners=True. Returns ``weight`` itself when the size already matches."""
-    if tuple(weight.shape[-2:]) == (height, width):
+    if weight.shape[-2] == height and weight.shape[-1] == width:
         return weight
-    return F.interpolate(weight[None], size=(height, width), mode='bicubic', align_corners=True)[0]
+    return F.interpolate(weight[None], size=[height, width], mode='bicubic', align_corners=True)[0]
 
