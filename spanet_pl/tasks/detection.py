@@ -81,6 +81,8 @@ class DetectionModule(BackboneTask):
         gamma: step-decay factor.
         num_log_images: validation images logged to TensorBoard with ground truth and predictions (0: none).
         log_score_threshold: smallest score of the predictions drawn in those images.
+        sync_bn: BatchNorm (the cascade's conv box heads) becomes SyncBatchNorm when a fit runs distributed on GPUs;
+            elsewhere (CPU, gloo, one process) it stays per process, where SyncBatchNorm cannot run.
     """
 
     monitor = 'val/bbox_AP'
@@ -107,6 +109,7 @@ class DetectionModule(BackboneTask):
             gamma: float = 0.1,
             num_log_images: int = 4,
             log_score_threshold: float = 0.3,
+            sync_bn: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=['optimizer'])
@@ -217,6 +220,17 @@ class DetectionModule(BackboneTask):
         """``{'indices': (B,), 'detections': [per-image detections]}`` (``forward``'s, in the image's pixels)."""
         images, indices = batch
         return {'indices': torch.as_tensor(indices), 'detections': self.detector(images)}
+
+    @override
+    def configure_model(self) -> None:
+        """SyncBatchNorm for a fit distributed over GPU processes; called before DDP wraps the model and before the
+        optimizer is built."""
+        trainer = self.trainer
+        if (self.hparams.sync_bn and trainer.state.fn == 'fit' and trainer.world_size > 1
+                and trainer.strategy.root_device.type == 'cuda'
+                and any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in self.modules())):
+            nn.SyncBatchNorm.convert_sync_batchnorm(self)
+            _logger.info('SyncBatchNorm: box-head batch statistics shared by the %d GPU processes', trainer.world_size)
 
     @override
     def configure_callbacks(self) -> List:
