@@ -101,7 +101,8 @@ class SpanetCLI(LightningCLI):
             if type(callback) is ModelCheckpoint and callback.best_model_path and callback.best_model_score is not None:
                 rank_zero_info(f'best {callback.monitor} = {callback.best_model_score.item():.4f} '
                                f'({callback.best_model_path})')
-        rank_zero_info(f'logs: {self.trainer.log_dir}   (tensorboard --logdir {self.trainer.log_dir})')
+        if self.trainer.log_dir is not None:  # None under fast_dev_run, whose logger writes nothing
+            rank_zero_info(f'logs: {self.trainer.log_dir}   (tensorboard --logdir {self.trainer.log_dir})')
 
     @override
     def instantiate_classes(self) -> None:
