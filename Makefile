@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 
-.PHONY: help install demo demo-seg test test-fast bench lint clean
+.PHONY: help install demo demo-seg demo-det test test-fast bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -15,6 +15,10 @@ demo: install  ## the quick start: train spanet_nano on the embedded digits (CPU
 
 demo-seg: install  ## the segmentation quick start: spanet_nano + Semantic FPN on embedded digit scenes (CPU, < 2 min)
 	$(PYTHON) -m spanet_pl fit --config cli_configs/segmentation/quickstart.yaml
+
+# one intra-op thread: on two shared cores OpenMP threads spinning for a busy core made detector steps 5-8x slower
+demo-det: install  ## the detection quick start: spanet_nano + Mask R-CNN on embedded digit scenes in COCO format (CPU, < 5 min)
+	OMP_NUM_THREADS=1 $(PYTHON) -m spanet_pl fit --config cli_configs/detection/quickstart.yaml
 
 test: install  ## install, then run the whole test-suite
 	$(PYTHON) -m pytest -q
