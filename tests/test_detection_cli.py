@@ -71,6 +71,7 @@ def test_every_recipe_smoke_runs_on_cpu(tmp_path, monkeypatch, recipe):
     assert cli.trainer.global_step == 1 and 'val/bbox_AP' in cli.trainer.callback_metrics
     assert ('val/segm_AP' in cli.trainer.callback_metrics) == ('mask' in recipe)
     assert cli.model.num_classes == 2  # linked from the data module
+    assert not (tmp_path / 'metrics.json').exists()  # a smoke run writes no metrics in the working folder
 
 
 def _quickstart_args(tmp_path, root, *extra):

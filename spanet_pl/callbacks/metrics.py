@@ -38,7 +38,8 @@ class MetricsJSON(Callback):
     and ``status``: ``finished``, ``interrupted`` (Ctrl-C, SIGTERM, a requeue) or ``failed`` (with the error).
 
     Args:
-        dirpath: folder of ``metrics.json`` (default: the run's log folder, ``trainer.log_dir``).
+        dirpath: folder of ``metrics.json`` (default: the run's log folder, ``trainer.log_dir``; none under
+            ``fast_dev_run``, whose logger writes nothing).
         macs: count MACs when the fit finishes (one extra forward on rank 0).
     """
 
@@ -75,6 +76,8 @@ class MetricsJSON(Callback):
         self._started = time.monotonic()
         # trainer.log_dir broadcasts from rank 0: ask for it here, where every rank does, never on rank 0 alone
         self._folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        if trainer.fast_dev_run and not self.dirpath:  # a smoke run logs nothing: no metrics.json in the cwd either
+            self._folder = None
         checkpoint = next((cb for cb in trainer.checkpoint_callbacks
                            if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
         self._monitor = checkpoint.monitor if checkpoint else getattr(pl_module, 'monitor', None)
