@@ -3,8 +3,9 @@
 Exports a classifier (a variant, randomly initialised or from an official checkpoint, or a classification run) or a
 segmentation run's network (backbone + decode head, logits at the input's resolution):
 
-* ``onnx``: ``torch.onnx.export(dynamo=True)``; the rfft2/irfft2 of the spectral filters lower to ONNX ``DFT``
-  nodes (opset 18 and later), so the file runs in onnxruntime as it is;
+* ``onnx``: ``torch.onnx.export(dynamo=True)``; the spectral filters are written as DFT-matrix products
+  (``models.dft``, the default: onnxruntime runs ``DFT`` nodes of 56/28/14/7 points about 5x slower than the whole
+  eager model) or, with ``--onnx-dft dft``, as the exporter's lowering of rfft2/irfft2 to ONNX ``DFT`` nodes;
 * ``exported-program``: ``torch.export`` (``.pt2``, load with ``torch.export.load``);
 * ``torchscript``: ``torch.jit.script`` of a classifier (``torch.jit.load``); a segmentation network is traced at
   ``--img-size`` (tracing keeps the stage sizes of that input: run it at that size only).
@@ -15,7 +16,9 @@ difference is printed.
 import argparse
 import logging
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -24,10 +27,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import UserInputError, check_choice
+from .models.dft import matmul_dft
 
-__all__ = ['FORMATS', 'export_model', 'check_export', 'build_network', 'main']
+__all__ = ['FORMATS', 'export_model', 'check_export', 'benchmark', 'build_network', 'main']
 
 FORMATS = ('onnx', 'exported-program', 'torchscript')
+ONNX_DFT = ('matmul', 'dft')
 _logger = logging.getLogger(__name__)
 
 
@@ -57,11 +62,15 @@ def _dynamic_shapes(dynamic_batch: bool):
 
 
 def export_model(network: nn.Module, fmt: str, out: os.PathLike, img_size: Tuple[int, int] = (224, 224),
-                 dynamic_batch: bool = False, opset: int = 18, kind: str = 'classification') -> Tensor:
+                 dynamic_batch: bool = False, opset: int = 18, kind: str = 'classification',
+                 onnx_dft: str = 'matmul') -> Tensor:
     """Write ``network`` to ``out`` in ``fmt``; returns the example batch it was exported with.
 
     A dynamic batch is exported from a batch of 2 (torch.export specialises a batch of 1 to a constant).
+    ``onnx_dft``: the spectral filters in ONNX as DFT-matrix products ('matmul', ``models.dft``: onnxruntime runs
+    ONNX DFT nodes of non-power-of-two lengths slowly) or as the exporter's lowering of rfft2/irfft2 ('dft').
     """
+    check_choice(onnx_dft, ONNX_DFT, 'ONNX spectral-filter form')
     check_choice(fmt, FORMATS, 'export format')
     network = network.eval()
     example = torch.randn(2 if dynamic_batch else 1, 3, *img_size)
@@ -69,9 +78,10 @@ def export_model(network: nn.Module, fmt: str, out: os.PathLike, img_size: Tuple
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if fmt == 'onnx':
-            torch.onnx.export(network, (example,), str(out), dynamo=True, opset_version=opset,
-                              dynamic_shapes=_dynamic_shapes(dynamic_batch), input_names=['images'],
-                              output_names=['logits'], optimize=True, verbose=False)
+            with matmul_dft(onnx_dft == 'matmul'):
+                torch.onnx.export(network, (example,), str(out), dynamo=True, opset_version=opset,
+                                  dynamic_shapes=_dynamic_shapes(dynamic_batch), input_names=['images'],
+                                  output_names=['logits'], optimize=True, verbose=False)
         elif fmt == 'exported-program':
             program = torch.export.export(network, (example,), dynamic_shapes=_dynamic_shapes(dynamic_batch))
             torch.export.save(program, str(out))
@@ -82,14 +92,43 @@ def export_model(network: nn.Module, fmt: str, out: os.PathLike, img_size: Tuple
     return example
 
 
-def _onnx_session(path: Path):
+def _onnx_session(path: Path, threads: int = 0):
     try:
         import onnxruntime as ort
     except ImportError as error:
         raise UserInputError('checking an ONNX export needs onnxruntime: pip install "spanet_pl[export]"') from error
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default
     return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def _ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)
+
+
+def benchmark(network: nn.Module, fmt: str, path: os.PathLike, images: Tensor, iters: int = 20,
+              threads: int = 1) -> Tuple[float, float]:
+    """Median latency in ms of eager PyTorch and of the exported file on ``images``, interleaved run by run,
+    with ``threads`` intra-op threads for both."""
+    torch.set_num_threads(threads)
+    if fmt == 'onnx':
+        session = _onnx_session(Path(path), threads)
+        feed = {session.get_inputs()[0].name: images.numpy()}
+        exported = lambda: session.run(None, feed)  # noqa: E731
+    else:
+        module = torch.export.load(str(path)).module() if fmt == 'exported-program' else torch.jit.load(str(path))
+        exported = lambda: module(images)  # noqa: E731
+    network = network.eval()
+    with torch.inference_mode():
+        network(images), exported()  # warm-up: caches, allocations
+        eager, other = [], []
+        for _ in range(iters):  # interleaved: both see the same machine load
+            eager.append(_ms(lambda: network(images)))
+            other.append(_ms(exported))
+    return statistics.median(eager), statistics.median(other)
 
 
 def check_export(network: nn.Module, fmt: str, path: os.PathLike, images: Tensor) -> float:
@@ -122,7 +161,14 @@ def _parser() -> argparse.ArgumentParser:
                         help='input height and width (default 224 224)')
     parser.add_argument('--dynamic-batch', action='store_true', help='any batch size (ONNX, exported-program)')
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default 18; DFT needs 17 or later)')
+    parser.add_argument('--onnx-dft', choices=ONNX_DFT, default='matmul',
+                        help='spectral filters in ONNX as DFT-matrix products (default; fast in onnxruntime) or as '
+                             'ONNX DFT nodes')
     parser.add_argument('--no-check', action='store_true', help='skip comparing the export with eager PyTorch')
+    parser.add_argument('--bench', type=int, default=0, metavar='N',
+                        help='also time eager PyTorch and the export, N runs each, interleaved (median)')
+    parser.add_argument('--bench-batch', type=int, default=1, help='batch of --bench (default 1)')
+    parser.add_argument('--threads', type=int, default=1, help='intra-op threads of --bench, both runtimes (default 1)')
     return parser
 
 
@@ -133,13 +179,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     if min(args.img_size) < 32:
         raise UserInputError(f'--img-size must be at least 32 x 32 (four downsamplings), got {args.img_size}')
     network, kind = build_network(args.ckpt, args.model, args.official, args.num_classes)
-    example = export_model(network, args.format, args.out, tuple(args.img_size), args.dynamic_batch, args.opset, kind)
+    example = export_model(network, args.format, args.out, tuple(args.img_size), args.dynamic_batch, args.opset, kind,
+                           args.onnx_dft)
     print(f'wrote {args.out} ({args.format}, {kind}, input (B, 3, {args.img_size[0]}, {args.img_size[1]}), '
           f'batch {"dynamic" if args.dynamic_batch else example.shape[0]})')
     if not args.no_check:
         images = torch.randn(3 if args.dynamic_batch else example.shape[0], *example.shape[1:])
         print(f'max |exported - eager| = {check_export(network, args.format, args.out, images):.3g} '
               f'(batch {images.shape[0]})')
+    if args.bench:
+        batch = args.bench_batch if args.dynamic_batch else example.shape[0]
+        images = torch.randn(batch, *example.shape[1:])
+        eager, exported = benchmark(network, args.format, args.out, images, args.bench, args.threads)
+        print(f'latency, batch {batch} at {args.img_size[0]}x{args.img_size[1]}, {args.threads} thread(s), median of '
+              f'{args.bench}: eager PyTorch {eager:.1f} ms, {args.format} {exported:.1f} ms ({eager / exported:.2f}x)')
     return Path(args.out)
 
 
