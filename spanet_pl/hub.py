@@ -8,7 +8,6 @@ run's preprocessing), ``model.safetensors`` and a ``README.md`` model card with 
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -147,4 +146,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == '__main__':
-    sys.exit(main() and 0)
+    main()
