@@ -70,6 +70,10 @@ def test_segmentation_run_exports_backbone_and_head(tmp_path):
         logits = torch.export.load(str(out)).module()(images)
         torch.testing.assert_close(logits, run.task(images), atol=1e-5, rtol=1e-5)
     assert logits.shape == (2, 4, 64, 96)
+    traced = tmp_path / 'seg.pt'
+    main(['export', '--ckpt', str(ckpt), '--format', 'torchscript', '--out', str(traced), '--img-size', '64', '96'])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(traced))(images), logits, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
