@@ -15,8 +15,9 @@ __all__ = ['use_fused', 'StarReLU', 'scale_add']
 
 
 def use_fused() -> bool:
-    """Whether the custom autograd functions may run: not under TorchScript or FX symbolic tracing."""
-    return not torch.jit.is_scripting() and not _fx_trace.is_fx_symbolic_tracing()
+    """Whether the custom autograd functions may run: not under TorchScript (scripting or tracing) or FX symbolic
+    tracing."""
+    return not torch.jit.is_scripting() and not torch.jit.is_tracing() and not _fx_trace.is_fx_symbolic_tracing()
 
 
 class _StarReLUFunction(torch.autograd.Function):

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..errors import UserInputError
+from .dft import dft_filter, matmul_dft_enabled
 from .fused import use_fused
 
 __all__ = [
@@ -152,6 +153,8 @@ def _apply(spec: Tensor, weight: Tensor, size: List[int]) -> Tensor:
 
 @torch.jit.unused  # eager, FX and torch.export only; TorchScript takes the fp32 expression below
 def _filter_eager(x_cl: Tensor, w_cl: Tensor) -> Tensor:
+    if matmul_dft_enabled():  # exporting to ONNX: DFT matrices instead of slow DFT nodes (dft.py)
+        return dft_filter(x_cl, w_cl)
     if not use_fused():  # FX: plain differentiable ops
         with torch.autocast(device_type=x_cl.device.type, enabled=False):
             return _apply(torch.fft.rfft2(_at_least_fp32(x_cl), dim=(1, 2), norm='ortho'), w_cl,
