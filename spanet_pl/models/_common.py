@@ -138,11 +138,8 @@ class BackboneBase(nn.Module):
         """The last stage's output as ``forward_head`` takes it (NCHW)."""
         if not torch.jit.is_scripting():
             self._check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
+        # gradient checkpointing runs inside each stage, over its blocks (a second level here would recompute twice)
+        x = self.stages(self.stem(x))
         return self._feature_map(x, final=True)
 
     def forward(self, x: Tensor) -> Tensor:
