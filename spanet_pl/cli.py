@@ -4,12 +4,15 @@ Every run gets a TensorBoard logger (``logs/<name>/version_N``), a best checkpoi
 ``last.ckpt`` refreshed every few hundred steps, a learning-rate monitor, a progress bar, a seed and, when a fit
 ends, a ``metrics.json`` in its log folder.
 ``--ckpt_path last`` resumes the newest run of the same logger name from its ``last.ckpt``, in the same log folder.
+With ``--ckpt_path``, Lightning parses the checkpoint's hyper-parameters over the config; ``--model...`` flags typed on
+the command line are applied after them (``validate --ckpt_path X --model.init_args.test_flip true`` flips).
 """
 import logging
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -19,7 +22,7 @@ from typing_extensions import override
 
 from .callbacks import LastCheckpoint, MetricsJSON, PredictionWriter
 
-__all__ = ['SpanetCLI', 'find_last_checkpoint']
+__all__ = ['SpanetCLI', 'find_last_checkpoint', 'model_flags']
 
 _logger = logging.getLogger(__name__)
 
@@ -34,6 +37,17 @@ def find_last_checkpoint(save_dir: str, name: str, version=None) -> Optional[Pat
         candidates = list(root.glob('version_*/checkpoints/last.ckpt'))
     candidates = [path for path in candidates if path.is_file()]
     return max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
+
+
+def model_flags(args) -> List[str]:
+    """The ``--model`` / ``--model.<key>`` flags of a command line with their values (``--flag value`` or
+    ``--flag=value``), in order."""
+    flags, tokens = [], list(args or [])
+    for i, token in enumerate(tokens):
+        name = token.split('=', 1)[0]
+        if name == '--model' or name.startswith('--model.'):
+            flags += [token] if '=' in token or i + 1 == len(tokens) else [token, tokens[i + 1]]
+    return flags
 
 
 class SpanetCLI(LightningCLI):
@@ -74,10 +88,27 @@ class SpanetCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsJSON, 'metrics_json')  # metrics.json at the end of every fit
 
     @override
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        typed = sys.argv[1:] if args is None else args
+        self._command_line = list(typed) if isinstance(typed, (list, tuple)) else []  # a dict config has no flags
+        super().parse_arguments(parser, args)
+
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if self.subcommand == 'fit' and config.get('ckpt_path') == 'last':
             self._resolve_last(config)
+        elif self.subcommand and config.get('ckpt_path') and Path(config.ckpt_path).is_file():
+            self._typed_model_flags_win()
+
+    def _typed_model_flags_win(self) -> None:
+        """Lightning has parsed the checkpoint's hyper-parameters over the whole model config, typed flags included
+        (an evaluation setting such as ``--model.init_args.test_scales`` would be silently dropped): parse the
+        typed ``--model`` flags again on top."""
+        flags = model_flags(getattr(self, '_command_line', []))
+        if flags:
+            parser = self.parser._subcommands_action._name_parser_map[self.subcommand]
+            self.config[self.subcommand] = parser.parse_args(flags, namespace=self.config[self.subcommand].clone())
 
     def _resolve_last(self, config) -> None:
         logger = config.trainer.logger

@@ -11,6 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spanet_pl.__main__ import main
+from spanet_pl.cli import model_flags
 
 from conftest import ADE_H as H, ADE_W as W, ade20k_scene, ade20k_tree, cli_trainer_config, write_ade20k_pair
 
@@ -69,6 +70,7 @@ def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
     results = {}
     for mode in ('whole', 'slide'):  # both validation images (96x72, 72x96 at scale 2x) fit in one 128x128 window
         cli = run(['validate', '--config', config, '--ckpt_path', str(best), '--model.init_args.inference', mode])
+        assert cli.model.hparams.inference == mode  # the typed flag, not the checkpoint's 'whole'
         results[mode] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert results['whole'] == results['slide']
     assert {'val/mIoU', 'val/aAcc', 'val/mAcc', 'val/loss'} <= set(results['whole'])
@@ -86,14 +88,25 @@ def test_fit_validate_whole_and_slide_predict(tmp_path, ade_tree, head):
 
 
 def test_test_reports_ms_flip_beside_single_scale_and_the_per_class_table(tmp_path, ade_tree):
-    """The papers' evaluation through the CLI (``test`` with ``test_scales`` + ``test_flip``): the ms+flip metrics
-    beside the single-scale ones, ``test_per_class.csv`` with both column sets, and both confusion-matrix images."""
-    cli = run(['test', '--config', write_config(tmp_path, ade_tree), '--model.init_args.test_scales', '[0.5, 1.0]',
-               '--model.init_args.test_flip', 'true', '--model.init_args.num_log_images', '0'])
+    """The papers' evaluation through the CLI as the README runs it (``test --ckpt_path ... --model.init_args.test_scales
+    ... --model.init_args.test_flip true``): the typed flags win over the checkpoint's hyper-parameters (which Lightning
+    parses over the config), the ms+flip metrics come beside the single-scale ones, ``test_per_class.csv`` has both
+    column sets, and both confusion-matrix images are logged."""
+    config = write_config(tmp_path, ade_tree)
+    plain = run(['test', '--config', config, '--model.init_args.num_log_images', '0'])
+    checkpoint = tmp_path / 'plain.ckpt'
+    plain.trainer.save_checkpoint(checkpoint)  # its hyper-parameters: no test_scales, no test_flip
+    assert plain.model.hparams.test_scales is None and not plain.model.hparams.test_flip
+    cli = run(['test', '--config', config, '--ckpt_path', str(checkpoint), '--model.init_args.test_scales', '[0.5, 1.0]',
+               '--model.init_args.test_flip=true', '--model.init_args.num_log_images', '0'])
     assert not isinstance(cli, int), f'test exited with {cli}'
+    assert cli.model.hparams.test_scales == [0.5, 1.0] and cli.model.hparams.test_flip
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert {'test/mIoU', 'test/aAcc', 'test/mAcc', 'test/mIoU_ms+flip', 'test/aAcc_ms+flip'} <= set(metrics)
-    version = tmp_path / 'logs' / 'seg' / 'version_0'
+    assert metrics['test/mIoU'] == pytest.approx(float(plain.trainer.callback_metrics['test/mIoU']))  # same weights
+    assert model_flags(['test', '--model.init_args.a', '1', '--modelx', '2', '--model.b=3', '--model', 'm.yaml',
+                        '--data.init_args.c', '4']) == ['--model.init_args.a', '1', '--model.b=3', '--model', 'm.yaml']
+    version = tmp_path / 'logs' / 'seg' / 'version_1'
     rows = [line.split(',') for line in (version / 'test_per_class.csv').read_text().splitlines()]
     assert rows[0] == ['index', 'class', 'pixels', 'IoU', 'Acc', 'IoU_ms+flip', 'Acc_ms+flip']
     assert [r[1] for r in rows[1:]] == ['class_0', 'class_1', 'class_2', 'mean']
