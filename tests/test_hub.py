@@ -52,10 +52,11 @@ def test_checkpoint_in_our_layout_via_official(tmp_path):
     assert 'license: mit' in (tmp_path / 'hub' / 'README.md').read_text()
 
 
-def test_official_v2_checkpoint_converts_with_one_command(tmp_path):
-    """An official ver4 (concat head layout) S18-hybrid checkpoint: the layout travels in model.safetensors."""
+@pytest.mark.parametrize('case', ['ver4_s18_hybrid_288', 'v1_small_224'])
+def test_official_checkpoint_converts_with_one_command(tmp_path, case):
+    """Official checkpoints of both papers reproduce the official logits after the round trip; SPANetV2's ver4
+    (concat head layout) travels in model.safetensors."""
     from test_official import REFERENCE, official_state_dict
-    case = 'ver4_s18_hybrid_288'
     torch.save(official_state_dict(case), tmp_path / 'official.pth')
     main(['hub', 'save', '--official', str(tmp_path / 'official.pth'), '--model', REFERENCE[case]['variant'],
           '--out', str(tmp_path / 'hub')])
