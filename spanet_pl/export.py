@@ -79,6 +79,11 @@ def export_model(network: nn.Module, fmt: str, out: os.PathLike, img_size: Tuple
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if fmt == 'onnx':
+            try:
+                import onnxscript  # noqa: F401  (the dynamo exporter's op library)
+            except ImportError as error:
+                raise UserInputError('--format onnx needs onnx and onnxscript: pip install "spanet_pl[export]"') \
+                    from error
             logging.getLogger(_ONNX_FOLDING_LOGGER).setLevel(logging.ERROR)
             with matmul_dft(onnx_dft == 'matmul'):
                 torch.onnx.export(network, (example,), str(out), dynamo=True, opset_version=opset,
