@@ -2,6 +2,10 @@ import pytest
 import torch
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
+# Lightning gives its loggers a StreamHandler bound to sys.stderr at import; imported here, before any test's
+# capsys swaps sys.stderr, so no handler keeps a stream that a finished test closed (a '--- Logging error ---'
+# traceback in a later test's stderr when a test importing Lightning first ran alone under capsys)
+import lightning.pytorch  # noqa: F401,E402
 
 
 @pytest.fixture(scope='session', autouse=True)
