@@ -89,8 +89,12 @@ def _spam_masks(height, width, radius, lambdas, sizes, device) -> Tensor:
 def spam_masks_uncached(height: int, width: int, radius: float, lambdas: List[float], sizes: List[int],
                         device: Optional[torch.device] = None) -> Tensor:
     """``spam_masks`` built afresh from tensor ops (TorchScript, torch.export)."""
-    masks = torch.stack([circular_mask_uncached(height, width, radius, lam, device) for lam in lambdas])
-    return masks.repeat_interleave(torch.tensor(sizes, device=device), dim=0)
+    # one expanded mask per group: repeat_interleave with a tensor of sizes has a data-dependent shape (a graph
+    # break under torch.compile)
+    groups: List[Tensor] = []
+    for lam, size in zip(lambdas, sizes):
+        groups.append(circular_mask_uncached(height, width, radius, lam, device).expand(size, -1, -1))
+    return torch.cat(groups)
 
 
 def spam_masks(
