@@ -1,17 +1,16 @@
 """TensorBoard view of detection: a fixed handful of validation images as ground truth | predictions, with boxes,
 class names, scores and instance masks drawn by ``torchvision.utils``."""
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from typing_extensions import override
 
+from ._images import ValidationPictureLogger
 from .segmentation import default_palette
 
 __all__ = ['DetectionImageLogger', 'draw_detections', 'render_detection_sample', 'detection_records']
@@ -86,7 +85,7 @@ def detection_records(names: Sequence[str], detections: Sequence[Dict[str, Tenso
     return records
 
 
-class DetectionImageLogger(Callback):
+class DetectionImageLogger(ValidationPictureLogger):
     """Logs the first ``num_images`` validation images of rank 0 as ground truth | predictions to TensorBoard (tags
     ``val/detections_{i}``) at the end of every validation (not the sanity check).
 
@@ -101,41 +100,20 @@ class DetectionImageLogger(Callback):
     """
 
     def __init__(self, num_images: int = 4, score_threshold: float = 0.3, tag: str = 'val/detections'):
-        super().__init__()
-        self.num_images = num_images
+        super().__init__(num_images, tag)
         self.score_threshold = score_threshold
-        self.tag = tag
-        self.samples: List[Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]] = []
 
     @override
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.samples = []
-
-    @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx != 0
-                or len(self.samples) >= self.num_images or not isinstance(outputs, dict) or 'preds' not in outputs):
-            return
-        for image, target, pred in zip(batch[0], batch[1], outputs['preds']):
-            if len(self.samples) >= self.num_images:
+    def keep(self, trainer: Trainer, pl_module: LightningModule, batch: Any, preds: Any) -> None:
+        for image, target, pred in zip(batch[0], batch[1], preds):
+            if self.room() <= 0:
                 break
             self.samples.append((image.detach().cpu(), {k: v.detach().cpu() for k, v in target.items()},
                                  {k: v.detach().cpu() for k, v in pred.items()}))
 
-    def render(self, trainer: Trainer) -> List[Tensor]:
+    @override
+    def render(self, trainer: Trainer, pl_module: LightningModule) -> List[Tensor]:
         """The pictures of the kept samples."""
         names = getattr(getattr(trainer, 'datamodule', None), 'classes', None)
         return [render_detection_sample(image, target, pred, names, self.score_threshold)
                 for image, target, pred in self.samples]
-
-    @override
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.samples:
-            return
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if loggers:
-            for i, picture in enumerate(self.render(trainer)):
-                loggers[0].experiment.add_image(f'{self.tag}_{i}', picture, global_step=trainer.global_step,
-                                                dataformats='CHW')
-        self.samples = []

@@ -9,12 +9,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
 from ..models.heads import resize_to_original
+from ._images import ValidationPictureLogger, tensorboard_writer
 
 __all__ = ['SegmentationImageLogger', 'SegmentationReport', 'default_palette', 'colorize', 'render_sample',
            'per_class_scores', 'confusion_image']
@@ -76,7 +76,7 @@ def _normalisation(trainer: Trainer, pl_module: LightningModule) -> Tuple[Option
     return None, None
 
 
-class SegmentationImageLogger(Callback):
+class SegmentationImageLogger(ValidationPictureLogger):
     """Logs the first ``num_images`` validation images of rank 0, each as image | ground truth | prediction, to
     TensorBoard (tags ``val/overlay_{i}``) at the end of every validation (not the sanity check).
 
@@ -88,25 +88,14 @@ class SegmentationImageLogger(Callback):
     """
 
     def __init__(self, num_images: int = 4, tag: str = 'val/overlay'):
-        super().__init__()
-        self.num_images = num_images
-        self.tag = tag
-        self.samples: List[Tuple[Tensor, Tensor, Tensor]] = []
+        super().__init__(num_images, tag)
 
     @override
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.samples = []
-
-    @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx != 0
-                or len(self.samples) >= self.num_images or not isinstance(outputs, dict) or 'preds' not in outputs):
-            return
+    def keep(self, trainer: Trainer, pl_module: LightningModule, batch: Any, preds: Any) -> None:
         images, masks = batch[0], batch[1]
         sized = batch[2] if len(batch) > 2 and isinstance(batch[2], Mapping) else None
-        for i, (image, mask, pred) in enumerate(zip(images, masks, outputs['preds'])):
-            if len(self.samples) >= self.num_images:
+        for i, (image, mask, pred) in enumerate(zip(images, masks, preds)):
+            if self.room() <= 0:
                 break
             if sized is not None:  # the image was resized for the network, mask and prediction are at the original size
                 size = sized['size'][i:i + 1]
@@ -115,6 +104,7 @@ class SegmentationImageLogger(Callback):
                 mask, pred = mask[:h, :w], pred[:h, :w]
             self.samples.append((image.detach().cpu(), mask.detach().cpu(), pred.detach().cpu()))
 
+    @override
     def render(self, trainer: Trainer, pl_module: LightningModule) -> List[Tensor]:
         """The (3, H, 3W + 8) uint8 pictures of the kept samples."""
         palette = getattr(getattr(trainer, 'datamodule', None), 'palette', None)
@@ -123,18 +113,6 @@ class SegmentationImageLogger(Callback):
         palette = torch.as_tensor(palette, dtype=torch.uint8)
         mean, std = _normalisation(trainer, pl_module)
         return [render_sample(image, mask, pred, palette, mean, std) for image, mask, pred in self.samples]
-
-    @override
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.samples:
-            return
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not loggers:
-            return
-        for i, picture in enumerate(self.render(trainer, pl_module)):
-            loggers[0].experiment.add_image(f'{self.tag}_{i}', picture, global_step=trainer.global_step,
-                                            dataformats='CHW')
-        self.samples = []
 
 
 def per_class_scores(confusion: Tensor) -> Dict[str, Tensor]:
@@ -198,9 +176,8 @@ class SegmentationReport(Callback):
         with open(path, 'w', newline='') as f:
             csv.writer(f).writerows([header] + rows)
         rank_zero_info(f'{stage}: per-class IoU / accuracy in {path}')
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if loggers:
-            writer, step = loggers[0].experiment, trainer.global_step
+        writer, step = tensorboard_writer(trainer), trainer.global_step
+        if writer is not None:
             lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
             writer.add_text(f'{stage}/per_class', '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows]), step)
             for tag, confusion in computed.items():

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
 from ..analysis import find_backbone, layer_curves, spf_masks, srf_filters
+from ._images import tensorboard_writer
 
 __all__ = ['FourierSpectrumLogger', 'SpectralFilterLogger']
 
@@ -55,11 +55,6 @@ class _EveryNEpochs(Callback):
     def _due(self, trainer: Trainer) -> bool:
         return (not trainer.sanity_checking and trainer.is_global_zero and self.images is not None
                 and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
-    @staticmethod
-    def _writer(trainer: Trainer):
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        return loggers[0].experiment if loggers else None
 
     @staticmethod
     def _label(pl_module: LightningModule) -> str:
@@ -101,7 +96,7 @@ class FourierSpectrumLogger(_EveryNEpochs):
         scalars = {f'{self.tag}/dlogamp_hf/stage{stage + 1}': c.high for stage, c in last.items() if c.size >= 3}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-        writer = self._writer(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is not None:
             from ..analysis.plots import fourier_figure  # matplotlib only where a figure is drawn
             writer.add_figure(f'{self.tag}/fourier', fourier_figure([(label, curves)]), trainer.global_step)
@@ -116,7 +111,7 @@ class SpectralFilterLogger(_EveryNEpochs):
     """
 
     def _log(self, trainer: Trainer, backbone: torch.nn.Module, images: Tensor, label: str) -> None:
-        writer = self._writer(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is None:
             return
         from ..analysis.plots import filter_figure  # matplotlib only where a figure is drawn
