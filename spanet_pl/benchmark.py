@@ -1,36 +1,43 @@
 """Parameters, MACs and throughput of the SPANet family, optionally side by side with the official code.
 
     python -m spanet_pl.benchmark table [--variants NAME ...] [--size 224] [--markdown]
-    python -m spanet_pl.benchmark speed [--variants NAME ...] [--sizes 224] [--batch 8] [--device cpu]
-        [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--train] [--json out.json]
+    python -m spanet_pl.benchmark speed [--variants NAME|TIMM_NAME ...] [--sizes 224] [--batch 8] [--device cpu]
+        [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--modes inference train]
+        [--latency] [--compile [on|both]] [--compile-mode MODE] [--baseline MODEL] [--csv out.csv] [--json out.json]
     python -m spanet_pl.benchmark seg [--variant spanetv2_s18_pure] [--heads fpn upernet] [--size 512] [--train]
 
 ``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval)
 and, separately, the FFTs of the spectral filters, which FlopCounterMode does not see (``spanet_pl.flops``).
 
-``speed`` times inference (or, with ``--train``, forward + backward + SGD step) and reports images/s from the median
-wall time per iteration. Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
+``speed`` times inference (or, with ``--modes train``, forward + backward + SGD step; ``--latency``: batch 1) of our
+variants and of any timm model (``caformer_s18``, ``convnext_tiny``, ...), every model's iterations interleaved so that
+all see the same machine load, and reports images/s and ms/iter (medians), the peak memory of one call and the ratio
+to ``--baseline``. Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
 imports their model files at run time (nothing of them is copied into this repository), builds the same variant,
 loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``; the harness is
-``spanet_pl.testing``), prints the largest logit difference and times both, alternating iterations so both see the
-same machine load.
+``spanet_pl.testing``), prints the largest logit difference and times the official model beside ours.
+``--compile both`` times every model eager and compiled side by side.
 
 ``seg`` times a backbone with the segmentation recipes' decode heads (``spanet_pl.seg_benchmark``), interleaved the
 same way, and reports the peak memory.
 """
 import argparse
+import csv
+import ctypes
 import gc
 import json
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Literal, Optional, Sequence, get_args
 
 import torch
 import torch.nn as nn
+import timm
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -44,6 +51,8 @@ __all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentatio
 
 DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
 Dtype = Literal['float32', 'bfloat16']
+Compile = Literal['off', 'on', 'both']
+Mode = Literal['inference', 'train', 'latency']
 OFFICIAL_V1_SIZE = 224  # the official v1 re-assigns its fixed filters in forward, which raises at any other size
 SEED = 0
 
@@ -96,7 +105,8 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Parameter], amp: bool) -> Callable:
+def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Parameter], amp: bool,
+               num_classes: int = 1000) -> Callable:
     """One timed unit of work: an inference forward, or forward + cross-entropy backward + SGD step."""
     device_type = x.device.type
     if not train:
@@ -105,7 +115,7 @@ def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Pa
                 model(x)
         return step
     optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, momentum=0.9)
-    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+    target = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -133,6 +143,63 @@ def _time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.de
     return [statistics.median(record) for record in times]
 
 
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _malloc_trim():
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def peak_memory_mb(step: Callable, device: torch.device) -> Optional[float]:
+    """Peak memory of one call of ``step`` beyond what was in use before it, in MiB: CUDA, the allocator's
+    ``max_memory_allocated``; CPU, the process's resident set sampled every millisecond after glibc's
+    ``malloc_trim`` returned freed pages (Linux; None elsewhere)."""
+    if device.type == 'cuda':
+        _sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    if not os.path.exists('/proc/self/statm'):
+        return None
+    gc.collect()
+    _malloc_trim()  # hand freed heap pages back, so that the step's allocations show in the resident set again
+    before = _rss_bytes()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        step()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], _rss_bytes()) - before) / 2 ** 20
+
+
+def _check_models(names: Optional[Sequence[str]]) -> List[str]:
+    """Our variants and any timm model name (the peers: caformer_s18, convnext_tiny, ...)."""
+    names = list(names) if names else list(DEFAULT_SPEED_VARIANTS)
+    known = None
+    for name in names:
+        if name in VARIANTS:
+            continue
+        known = known or set(timm.list_models())
+        if name not in known:
+            check_choice(name, tuple(VARIANTS) + tuple(sorted(known)), 'model (ours or timm)')
+    return names
+
+
 def measure_speed(
         variants: Optional[Sequence[str]] = None,
         sizes: Sequence[int] = (224,),
@@ -144,33 +211,52 @@ def measure_speed(
         official_v1: Optional[str] = None,
         official_v2: Optional[str] = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: Compile = 'off',
+        compile_mode: Optional[str] = None,
         train: bool = False,
+        modes: Optional[Sequence[Mode]] = None,
+        latency: bool = False,
+        baseline: Optional[str] = None,
+        memory: bool = True,
         progress: bool = True,
 ) -> List[dict]:
-    """Throughput (images/s) of our models and, where a clone is given, of the official ones.
+    """Throughput, time per iteration and peak memory of our models, any timm models and, where a clone is given,
+    the official ones, all iterations of one (size, mode) interleaved so that every model sees the same load.
 
     Args:
-        variants: variant names (default: spanet_small, spanetv2_s18_pure, spanetv2_s18_hybrid).
+        variants: our variant names and / or timm model names (default: spanet_small, spanetv2_s18_pure,
+            spanetv2_s18_hybrid).
         sizes: square input sizes.
         batch: images per iteration.
         device: 'cpu' or 'cuda'.
         dtype: 'float32', or 'bfloat16' (torch.autocast, as Lightning's bf16-mixed precision runs).
-        warmup: untimed iterations per model and size (at least 1 with ``compile``).
+        warmup: untimed iterations per model, size and mode (at least 1 with ``compile``).
         iters: timed iterations; the median is reported.
         official_v1: path of a DoranLyong/SPANet-official clone, or None.
         official_v2: path of a DoranLyong/SPANetV2-official clone, or None.
         channels_last: run models and inputs in channels-last memory format.
-        compile: ``torch.compile`` each model.
-        train: time forward + backward + SGD step in train mode instead of inference.
+        compile: 'off', 'on' (``torch.compile`` every model) or 'both' (each model eager and compiled, side by side).
+        compile_mode: ``torch.compile``'s mode (None: its default).
+        train: shorthand for ``modes=['train']``.
+        modes: 'inference' (forward without grad) and / or 'train' (forward + cross-entropy backward + SGD step).
+        latency: also time single images (mode 'latency': inference at batch 1).
+        baseline: the model whose img/s the ``ratio`` column divides by (a row's ``model``; default the first).
+        memory: measure each step's peak memory (one extra call per model).
         progress: show a tqdm bar (stderr).
     Returns:
-        One dict per (variant, size): ours/official images/s, speed-up, max |logit difference| (fp32, eval) and a
-        note saying why an official number is missing.
+        One dict per (model, size, mode): model (our variant, ``<variant> (official)``, a timm name; ``+compile``
+        when compiled), size, mode, batch, img_s, ms_iter, peak_memory_mb, ratio, max_abs_logit_diff (ours vs
+        official, fp32, eval), note.
     """
     check_choice(dtype, Dtype, 'dtype')
+    check_choice(compile, Compile, 'compile')
     if iters < 1 or warmup < 0 or batch < 1:
         raise ValueError(f'need iters >= 1, warmup >= 0 and batch >= 1, got {iters}, {warmup}, {batch}')
+    modes = list(modes) if modes else ['train' if train else 'inference']
+    for mode in modes:
+        check_choice(mode, Mode, 'mode')
+    if latency and 'latency' not in modes:
+        modes.append('latency')
     dev = torch.device(device)
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
@@ -179,67 +265,94 @@ def measure_speed(
     roots = {'v1': official_v1, 'v2': official_v2}
     amp = dtype == 'bfloat16'
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    names = _check_variants(variants, DEFAULT_SPEED_VARIANTS)
-    rows = []
-    bar = tqdm(total=len(names) * len(sizes), desc='speed', disable=not progress, file=sys.stderr)
+    names = _check_models(variants)
+
+    # every model built once, up front: (label, module, our variant it mirrors or None, note)
+    models, pairs = [], []
     for name in names:
+        if name not in VARIANTS:
+            models.append(dict(label=name, module=timm.create_model(name).to(dev), note=None))
+            continue
         ours = create_backbone(name).to(dev)
-        official, weights, note = None, None, None
+        models.append(dict(label=name, module=ours, note=None))
         root = roots[_family(name)]
         if root is None:
-            note = f'no --official-{_family(name)}'
+            models[-1]['note'] = f'no --official-{_family(name)}'
         elif name not in OFFICIAL_VARIANTS:
-            note = 'no official counterpart'
+            models[-1]['note'] = 'no official counterpart'
         else:
             official = build_official(_family(name), name, root).to(dev)
-            weights = official_weights(official, _family(name), SEED)
-        for size in sizes:
-            bar.set_postfix_str(f'{name} @ {size}')
-            row = dict(variant=name, size=size, mode='train' if train else 'inference', batch=batch,
-                       device=str(dev), dtype=dtype, ours_img_s=None, official_img_s=None, speedup=None,
-                       max_abs_logit_diff=None, note=note)
-            use_official = official is not None
-            if use_official and _family(name) == 'v1' and size != OFFICIAL_V1_SIZE:
-                use_official, row['note'] = False, f'official v1 runs only at {OFFICIAL_V1_SIZE}'
-            if use_official:
-                # Fresh identical weights at every size (a training run changes them), then the equivalence check.
-                official.load_state_dict(weights)
-                load_official_checkpoint(ours, official.state_dict())
-                x = seeded_input(2, (size, size), SEED).to(dev)
-                ours.eval()
-                official.eval()
-                with torch.no_grad():
-                    reference = official(x)
-                    row['max_abs_logit_diff'] = (ours(x) - reference).abs().max().item()
-                if row['max_abs_logit_diff'] > 1e-4 * max(1., reference.abs().max().item()):
-                    row['note'] = 'LOGITS DIFFER from the official model'
-            x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=memory_format)
-            models = [(ours, 'ours')] + ([(official, 'official')] if use_official else [])
-            steps = []
-            for model, label in models:
-                model.to(memory_format=memory_format).train(train)
-                run = torch.compile(model) if compile else model
-                step = _make_step(run, x, train, list(model.parameters()), amp)
-                if label == 'official':
-                    try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
-                        step()
-                    except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
-                        row['note'] = f'official failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'
-                        continue
-                steps.append(step)
-            seconds = _time_steps(steps, warmup, iters, dev)
-            row['ours_img_s'] = batch / seconds[0]
-            if len(seconds) > 1:
-                row['official_img_s'] = batch / seconds[1]
-                row['speedup'] = row['ours_img_s'] / row['official_img_s']
-            rows.append(row)
+            models.append(dict(label=f'{name} (official)', module=official, note=None, family=_family(name),
+                               weights=official_weights(official, _family(name), SEED)))
+            pairs.append((models[-2], models[-1]))
+    if baseline is not None and baseline not in [m['label'] for m in models]:
+        check_choice(baseline, [m['label'] for m in models], 'baseline')
+    baseline = baseline or models[0]['label']
+    compiled = {'off': [False], 'on': [True], 'both': [False, True]}[compile]
+
+    rows = []
+    bar = tqdm(total=len(sizes) * len(modes), desc='speed', disable=not progress, file=sys.stderr)
+    for size in sizes:
+        # fresh identical weights at every size (a training step changes them), then the equivalence check
+        diffs, skip = {}, set()
+        for ours, official in pairs:
+            if official['family'] == 'v1' and size != OFFICIAL_V1_SIZE:
+                skip.add(official['label'])
+                continue
+            official['module'].load_state_dict(official['weights'])
+            load_official_checkpoint(ours['module'], official['module'].state_dict())
+            x = seeded_input(2, (size, size), SEED).to(dev)
+            with torch.no_grad():
+                reference = official['module'].eval()(x)
+                diff = (ours['module'].eval()(x) - reference).abs().max().item()
+            diffs[ours['label']] = diffs[official['label']] = diff
+            if diff > 1e-4 * max(1., reference.abs().max().item()):
+                ours['note'] = 'LOGITS DIFFER from the official model'
+        for mode in modes:
+            bar.set_postfix_str(f'{size} {mode}')
+            train_mode, n = mode == 'train', 1 if mode == 'latency' else batch
+            x = torch.randn(n, 3, size, size, device=dev).contiguous(memory_format=memory_format)
+            entries = []
+            for spec in models:
+                if spec['label'] in skip:
+                    continue
+                model = spec['module'].to(memory_format=memory_format).train(train_mode)
+                for with_compile in compiled:
+                    run = torch.compile(model, mode=compile_mode) if with_compile else model
+                    label = spec['label'] + ('+compile' if with_compile else '')
+                    step = _make_step(run, x, train_mode, list(model.parameters()), amp,
+                                      getattr(model, 'num_classes', 1000) or 1000)
+                    note = spec['note']
+                    if '(official)' in label or with_compile:
+                        try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
+                            step()
+                        except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
+                            rows.append(_speed_row(label, size, mode, n, None, None, diffs.get(spec['label']),
+                                                   f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'))
+                            continue
+                    entries.append((label, step, diffs.get(spec['label']), note))
+            seconds = _time_steps([e[1] for e in entries], warmup, iters, dev)
+            for (label, step, diff, note), sec in zip(entries, seconds):
+                rows.append(_speed_row(label, size, mode, n, sec, peak_memory_mb(step, dev) if memory else None,
+                                       diff, note))
             bar.update()
-        del ours, official, weights
-        gc.collect()
-        if dev.type == 'cuda':
-            torch.cuda.empty_cache()
     bar.close()
+    for row in rows:
+        reference = next((r for r in rows if r['model'] == baseline and r['size'] == row['size']
+                          and r['mode'] == row['mode'] and r['img_s']), None)
+        row['baseline'] = baseline
+        row['ratio'] = row['img_s'] / reference['img_s'] if reference and row['img_s'] else None
+    del models, pairs
+    gc.collect()
+    if dev.type == 'cuda':
+        torch.cuda.empty_cache()
     return rows
+
+
+def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
+    return dict(model=model, size=size, mode=mode, batch=batch, img_s=batch / seconds if seconds else None,
+                ms_iter=seconds * 1e3 if seconds else None, peak_memory_mb=memory, ratio=None,
+                max_abs_logit_diff=diff, note=note)
 
 
 def measure_segmentation_speed(**kwargs) -> List[dict]:
@@ -304,19 +417,40 @@ def _environment(device: str, load_before: float) -> dict:
 
 
 def _print_speed(rows: List[dict], settings: dict, environment: dict):
-    print(f'# {settings["mode"]} throughput, images/s (median of {settings["iters"]} iterations after '
-          f'{settings["warmup"]} warm-up): batch {settings["batch"]}, {settings["dtype"]}, '
-          f'{environment["device"]} ({settings["device"]}, {environment["threads"]} threads), torch '
-          f'{environment["torch"]}, channels_last={settings["channels_last"]}, compile={settings["compile"]}')
+    print(f'# images/s (median of {settings["iters"]} interleaved iterations after {settings["warmup"]} warm-up): '
+          f'batch {settings["batch"]}, {settings["dtype"]}, {environment["device"]} ({settings["device"]}, '
+          f'{environment["threads"]} threads), torch {environment["torch"]}, channels_last={settings["channels_last"]}, '
+          f'compile={settings["compile"]}' + (f' ({settings["compile_mode"]})' if settings["compile_mode"] else ''))
     print('# 1-min load average before: {} (after, this run included: {}) on {} cores'.format(
         *environment['load_avg_1min'], environment['cpu_count']))
-    cells = [[r['variant'], str(r['size']), _fmt(r['ours_img_s'], '.2f'), _fmt(r['official_img_s'], '.2f'),
-              _fmt(r['speedup'], '.2f', 'x'), _fmt(r['max_abs_logit_diff'], '.2e'), r['note'] or '']
-             for r in rows]
-    print(format_table(cells, ['variant', 'size', 'ours', 'official', 'speed-up', 'max|dlogit|', 'note'],
-                       left=(0, 6)))
+    cells = [[r['model'], str(r['size']), r['mode'], str(r['batch']), _fmt(r['img_s'], '.2f'), _fmt(r['ms_iter'], '.1f'),
+              _fmt(r['peak_memory_mb'], '.0f'), _fmt(r['ratio'], '.2f', 'x'), _fmt(r['max_abs_logit_diff'], '.2e'),
+              r['note'] or ''] for r in rows]
+    print(format_table(cells, ['model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak MB',
+                               f'vs {rows[0]["baseline"]}' if rows else 'ratio', 'max|dlogit|', 'note'],
+                       left=(0, 2, 9)))
+    print('\npeak MB: memory in use at the peak of one call beyond what was in use before it (CUDA: the allocator; '
+          'CPU: resident set, sampled every ms). latency: inference at batch 1.')
     if any(r['max_abs_logit_diff'] is not None for r in rows):
-        print('\nmax|dlogit|: largest |logit difference| ours vs official; same synthetic weights, batch 2, fp32.')
+        print('max|dlogit|: largest |logit difference| ours vs official; same synthetic weights, batch 2, fp32.')
+
+
+CSV_COLUMNS = ('model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak memory MB', 'ratio', 'baseline',
+               'max|dlogit|', 'note')
+
+
+def write_csv(path: Path, rows: List[dict]):
+    """One line per model x size x mode (``CSV_COLUMNS``); ``ratio`` is img/s over the baseline's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ('model', 'size', 'mode', 'batch', 'img_s', 'ms_iter', 'peak_memory_mb', 'ratio', 'baseline',
+            'max_abs_logit_diff', 'note')
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(['' if row[k] is None else (f'{row[k]:.4g}' if isinstance(row[k], float) else row[k])
+                             for k in keys])
+    print(f'wrote {path}', file=sys.stderr)
 
 
 def _write_json(path: Optional[Path], payload: dict):
@@ -345,7 +479,8 @@ def _parser() -> argparse.ArgumentParser:
                            description='Images/s (median over iterations) of our models and, given local clones, '
                                        'of the official SPANet/SPANetV2 code with identical weights.')
     speed.add_argument('--variants', nargs='+', metavar='NAME',
-                       help=f'variants to time (default: {" ".join(DEFAULT_SPEED_VARIANTS)})')
+                       help='our variants and / or any timm model names (caformer_s18, convnext_tiny, ...), timed '
+                            f'interleaved (default: {" ".join(DEFAULT_SPEED_VARIANTS)})')
     speed.add_argument('--sizes', nargs='+', type=int, default=[224], metavar='N',
                        help='square input sizes (default: 224); the official v1 is timed at 224 only')
     speed.add_argument('--batch', type=int, default=8, help='images per iteration (default: 8)')
@@ -360,9 +495,22 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument('--official-v2', metavar='PATH',
                        help='clone of DoranLyong/SPANetV2-official (imports image_classification/models/spanetv2.py)')
     speed.add_argument('--channels-last', action='store_true', help='channels-last models and inputs')
-    speed.add_argument('--compile', action='store_true', help='torch.compile every model (needs --warmup >= 1)')
-    speed.add_argument('--train', action='store_true',
-                       help='time a training step (forward + cross-entropy backward + SGD step) instead of inference')
+    speed.add_argument('--compile', nargs='?', const='on', default='off', choices=get_args(Compile),
+                       help="torch.compile every model ('--compile' / 'on'), or 'both': each model eager and "
+                            'compiled side by side (needs --warmup >= 1)')
+    speed.add_argument('--compile-mode', choices=('default', 'reduce-overhead', 'max-autotune',
+                                                  'max-autotune-no-cudagraphs'), help="torch.compile's mode")
+    speed.add_argument('--train', action='store_true', help='shorthand for --modes train')
+    speed.add_argument('--modes', nargs='+', choices=('inference', 'train'),
+                       help='inference (no grad) and / or train (forward + cross-entropy backward + SGD step); '
+                            'default inference')
+    speed.add_argument('--latency', action='store_true', help='also time single images (mode latency, batch 1)')
+    speed.add_argument('--baseline', metavar='MODEL',
+                       help="the model the ratio column divides by, e.g. 'caformer_s18' or "
+                            "'spanet_small (official)' (default: the first)")
+    speed.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory call')
+    speed.add_argument('--csv', type=Path, metavar='FILE',
+                       help='also write one line per model x size x mode: ' + ', '.join(CSV_COLUMNS))
     speed.add_argument('--json', type=Path, metavar='PATH', help='also write the results as JSON')
     add_segmentation_arguments(sub.add_parser(
         'seg', help='segmentation images/s and peak memory per decode head (FPN, UperNet) at 512x512',
@@ -377,15 +525,17 @@ def main(argv: Optional[Sequence[str]] = None):
     if args.command == 'seg':
         return _segmentation(parser, args)
     try:  # argument errors as one line, before minutes of model building
-        _check_variants(args.variants, VARIANTS)
         if args.command == 'speed':
+            _check_models(args.variants)
             for family, root in (('v1', args.official_v1), ('v2', args.official_v2)):
                 if root is not None and not (Path(root) / OFFICIAL_FILES[family]).is_file():
                     raise ValueError(f'--official-{family} {root}: {OFFICIAL_FILES[family]} not found in it')
             if args.device == 'cuda' and not torch.cuda.is_available():
                 raise ValueError('--device cuda given but CUDA is not available')
-            if args.compile and args.warmup < 1:
+            if args.compile != 'off' and args.warmup < 1:
                 raise ValueError('--compile needs --warmup >= 1 (the first call compiles)')
+        else:
+            _check_variants(args.variants, VARIANTS)
     except ValueError as e:
         sys.exit(f'{parser.prog}: error: {e}')
     if args.command == 'table':
@@ -396,11 +546,14 @@ def main(argv: Optional[Sequence[str]] = None):
     settings = dict(
         sizes=args.sizes, batch=args.batch, device=args.device, dtype=args.dtype, warmup=args.warmup, iters=args.iters,
         official_v1=args.official_v1, official_v2=args.official_v2, channels_last=args.channels_last,
-        compile=args.compile, train=args.train)
+        compile=args.compile, compile_mode=args.compile_mode, train=args.train, modes=args.modes,
+        latency=args.latency, baseline=args.baseline, memory=args.memory)
     load_before = os.getloadavg()[0]
     rows = measure_speed(args.variants, **settings)
     environment = _environment(args.device, load_before)
-    _print_speed(rows, dict(settings, mode='train' if args.train else 'inference'), environment)
+    _print_speed(rows, settings, environment)
+    if args.csv is not None:
+        write_csv(args.csv, rows)
     _write_json(args.json, dict(command='speed', settings=settings, environment=environment, results=rows))
 
 

@@ -1,4 +1,6 @@
 """The benchmark's measurements on the nano variants (fast on CPU) and its command line."""
+import csv
+
 import pytest
 import timm
 import torch
@@ -35,9 +37,33 @@ def test_count_flops_conv_and_fft():
 def test_speed_positive_throughput(train):
     rows = measure_speed(['spanet_nano'], sizes=[64], batch=1, device='cpu', warmup=1, iters=1, train=train,
                          progress=False)
-    assert len(rows) == 1
-    assert rows[0]['ours_img_s'] > 0
-    assert rows[0]['official_img_s'] is None and rows[0]['note']
+    assert len(rows) == 1 and rows[0]['mode'] == ('train' if train else 'inference')
+    assert rows[0]['img_s'] > 0 and rows[0]['ratio'] == 1.0 and rows[0]['note'] == 'no --official-v1'
+
+
+def test_speed_csv_with_a_timm_peer(tmp_path, capsys):
+    """Our model and a timm model interleaved, both modes plus batch-1 latency, ratios to the named baseline."""
+    path = tmp_path / 'speed.csv'
+    main(['speed', '--variants', 'spanetv2_nano_pure', 'test_convnext', '--sizes', '32', '--batch', '2',
+          '--warmup', '0', '--iters', '1', '--modes', 'inference', 'train', '--latency', '--baseline', 'test_convnext',
+          '--device', 'cpu', '--csv', str(path)])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:8] == ['model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak memory MB', 'ratio']
+    assert [(r['model'], r['mode'], r['batch']) for r in rows] == [
+        (model, mode, batch) for mode, batch in (('inference', '2'), ('train', '2'), ('latency', '1'))
+        for model in ('spanetv2_nano_pure', 'test_convnext')]
+    for r in rows:
+        assert float(r['img/s']) > 0 and float(r['ms/iter']) > 0 and float(r['peak memory MB']) >= 0
+        assert r['baseline'] == 'test_convnext' and (r['model'] != 'test_convnext' or float(r['ratio']) == 1.0)
+    assert 'vs test_convnext' in capsys.readouterr().out
+
+
+def test_speed_unknown_model_and_baseline_are_one_line_errors():
+    with pytest.raises(SystemExit, match="did you mean 'caformer_s18'"):
+        main(['speed', '--variants', 'caformer_s81'])
+    with pytest.raises(ValueError, match='unknown baseline'):
+        measure_speed(['spanet_nano'], sizes=[32], batch=1, warmup=0, iters=1, baseline='nope', progress=False)
 
 
 def test_unknown_variant_is_one_line_error(capsys):
