@@ -1,6 +1,6 @@
 """What the classification and segmentation tasks share; neither task imports the other."""
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,10 @@ from typing_extensions import override
 from ..errors import UserInputError
 from ..models import create_backbone, load_backbone_weights
 
-__all__ = ['BackboneTask', 'weight_decay_groups', 'stage_lr_decay_groups']
+__all__ = ['BackboneTask', 'weight_decay_groups', 'stage_lr_decay_groups', 'CompileMode', 'MatmulPrecision']
+
+CompileMode = Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']
+MatmulPrecision = Literal['highest', 'high', 'medium']
 
 _WEIGHT_ARGUMENTS = {'pretrained', 'pretrained_cfg_overlay', 'official_checkpoint'}
 
@@ -92,6 +95,27 @@ class BackboneTask(LightningModule):
     def data_config(self) -> Dict[str, Any]:
         """Input size, crop_pct, mean, std and interpolation of the backbone (read by the data modules)."""
         return resolve_model_data_config(self.backbone)
+
+    def speed_up(self, compile: Optional[CompileMode] = None, channels_last: bool = False,
+                 float32_matmul_precision: Optional[MatmulPrecision] = None, compile_backend: str = 'inductor') -> None:
+        """The training speed switches (call from ``configure_model``): ``torch.compile`` of the backbone in place
+        (``nn.Module.compile``: its state-dict keys do not change) with ``compile`` as mode and ``compile_backend``
+        as backend (modes other than 'default' are inductor's), channels-last memory for
+        the backbone (inputs follow in ``to_memory_format``) and ``torch.set_float32_matmul_precision``. bf16 is the
+        trainer's ``precision: bf16-mixed``: the spectral filters keep their FFTs in fp32 under autocast."""
+        self._memory_format = torch.channels_last if channels_last else None
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if float32_matmul_precision:
+            torch.set_float32_matmul_precision(float32_matmul_precision)
+        if compile and not getattr(self, '_backbone_compiled', False):
+            self.backbone.compile(mode=None if compile == 'default' else compile, backend=compile_backend)
+            self._backbone_compiled = True
+
+    def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the backbone's memory format (channels-last when ``speed_up`` set it)."""
+        memory_format = getattr(self, '_memory_format', None)
+        return images if memory_format is None else images.contiguous(memory_format=memory_format)
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop the run with the step that diverged, instead of training on NaNs."""
