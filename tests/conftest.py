@@ -1,11 +1,20 @@
+import logging
+
 import pytest
 import torch
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
-# Lightning gives its loggers a StreamHandler bound to sys.stderr at import; imported here, before any test's
-# capsys swaps sys.stderr, so no handler keeps a stream that a finished test closed (a '--- Logging error ---'
-# traceback in a later test's stderr when a test importing Lightning first ran alone under capsys)
+# Lightning gives its loggers a StreamHandler bound to the sys.stderr of the moment and stops their propagation
+# when it is imported before logging is set up. Imported here, then put back to plain propagation, so pytest's
+# log capture sees its lines (caplog) and no handler keeps a stream that a finished test's capsys closed (that
+# wrote a '--- Logging error ---' traceback into a later test's stderr).
 import lightning.pytorch  # noqa: F401,E402
+
+for _name in ('lightning.pytorch', 'lightning.fabric'):
+    _log = logging.getLogger(_name)
+    for _handler in [h for h in _log.handlers if type(h) is logging.StreamHandler]:
+        _log.removeHandler(_handler)
+    _log.propagate = True
 
 
 @pytest.fixture(scope='session', autouse=True)
