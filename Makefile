@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 
-.PHONY: help install demo demo-seg demo-det test test-fast bench lint clean
+.PHONY: help install demo demo-seg demo-det test test-all bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -10,7 +10,7 @@ help:  ## list the targets
 install:  ## install spanet_pl (+ test tools) into the current Python environment
 	$(PIP_INSTALL)
 
-demo: install  ## the quick start: train spanet_nano on the embedded digits (CPU, about a minute)
+demo: install  ## the quick start: train spanet_nano on the embedded digits (CPU, 24 epochs, about 2 minutes)
 	$(PYTHON) -m spanet_pl fit --config cli_configs/quickstart.yaml
 
 demo-seg: install  ## the segmentation quick start: spanet_nano + Semantic FPN on embedded digit scenes (CPU, < 2 min)
@@ -20,11 +20,12 @@ demo-seg: install  ## the segmentation quick start: spanet_nano + Semantic FPN o
 demo-det: install  ## the detection quick start: spanet_nano + Mask R-CNN on embedded digit scenes in COCO format (CPU, < 5 min)
 	OMP_NUM_THREADS=1 $(PYTHON) -m spanet_pl fit --config cli_configs/detection/quickstart.yaml
 
-test: install  ## install, then run the whole test-suite
-	$(PYTHON) -m pytest -q
+# two pytest workers (pytest-xdist), one intra-op thread each (tests/conftest.py): both cores busy, none oversubscribed
+test: install  ## install, then run the test-suite without the tests marked slow (CI; about 2 minutes on 2 cores)
+	$(PYTHON) -m pytest -q -m "not slow" -n 2
 
-test-fast: install  ## the test-suite without the tests marked slow (under a minute on 2 cores)
-	$(PYTHON) -m pytest -q -m "not slow"
+test-all: install  ## every test, the slow ones too (real fits, DDP, every recipe, every variant, ONNX; see README)
+	$(PYTHON) -m pytest -q -n 2
 
 bench: install  ## params / MACs of every variant at 224 (README table)
 	$(PYTHON) -m spanet_pl.benchmark table --markdown
