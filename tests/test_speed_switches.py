@@ -66,3 +66,26 @@ def test_bf16_autocast_close_to_fp32(name):
     assert torch.isfinite(low).all()
     assert F.cosine_similarity(low.float().flatten(), reference.flatten(), dim=0) > 0.99
     assert (low.float() - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05
+
+
+@pytest.mark.slow
+def test_segmentation_compile_channels_last_step_and_eval():
+    """The same switches in SegmentationModule: the pyramid compiles without graph breaks, trains and validates
+    channels-last, and predicts what the eager network with the same weights predicts."""
+    from spanet_pl.tasks import SegmentationModule
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    images, masks = torch.randn(4, 3, 64, 64, generator=gen), torch.randint(0, 3, (4, 64, 64), generator=gen)
+    data = DataLoader(TensorDataset(images, masks), batch_size=2)
+    kwargs = dict(num_classes=3, head='fpn', head_kwargs={'fpn_channels': 16, 'head_channels': 16}, num_log_images=0)
+    module = SegmentationModule('spanetv2_nano_pure', compile='default', compile_backend='aot_eager',
+                                channels_last=True, **kwargs)
+    eager = SegmentationModule('spanetv2_nano_pure', **kwargs)
+    trainer = lightning.Trainer(accelerator='cpu', max_steps=1, limit_val_batches=1, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data, data)
+    assert module._backbone_compiled and not torch._dynamo.utils.counters['graph_break']
+    assert set(module.state_dict()) == set(eager.state_dict())  # compiled in place: the checkpoint keys stay
+    eager.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(module.eval()(images[:2]), eager.eval()(images[:2]), atol=1e-4, rtol=1e-4)

@@ -22,7 +22,7 @@ from typing_extensions import override
 from ..callbacks.segmentation import SegmentationImageLogger, SegmentationReport
 from ..errors import UserInputError, check_choice
 from ..models.heads import HEADS, FCNHead, HeadName, resize_to_original
-from ._common import BackboneTask, stage_lr_decay_groups, weight_decay_groups
+from ._common import BackboneTask, CompileMode, MatmulPrecision, stage_lr_decay_groups, weight_decay_groups
 from .seg_inference import aug_inference, aug_tag, check_scales, slide_inference
 
 __all__ = ['SegmentationModule', 'slide_inference', 'aug_inference', 'Inference']
@@ -69,6 +69,8 @@ class SegmentationModule(BackboneTask):
         test_flip: also average the left-right mirrored image at every scale (``[1.0]`` when test_scales is unset).
         sync_bn: convert BatchNorm to SyncBatchNorm when training runs distributed on GPUs (else plain BatchNorm).
         num_log_images: validation images logged to TensorBoard as image | ground truth | prediction (0: none).
+        compile, compile_backend, channels_last, float32_matmul_precision: the speed switches of the backbone, as in
+            ``ClassificationModule`` (``BackboneTask.speed_up``); bf16 is the trainer's ``precision: bf16-mixed``.
     """
 
     monitor = 'val/mIoU'
@@ -98,6 +100,10 @@ class SegmentationModule(BackboneTask):
             test_flip: bool = False,
             sync_bn: bool = True,
             num_log_images: int = 4,
+            compile: Optional[CompileMode] = None,
+            compile_backend: str = 'inductor',
+            channels_last: bool = False,
+            float32_matmul_precision: Optional[MatmulPrecision] = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=['optimizer'])
@@ -160,7 +166,7 @@ class SegmentationModule(BackboneTask):
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the input's resolution."""
-        logits = self.head(self.backbone(images))
+        logits = self.head(self.backbone(self.to_memory_format(images)))
         return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
 
     def inference(self, images: torch.Tensor, mode: Optional[Inference] = None) -> torch.Tensor:
@@ -202,7 +208,7 @@ class SegmentationModule(BackboneTask):
     def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``(loss, parts)``: the decode head's cross-entropy plus ``aux_weight`` x the auxiliary head's, both on
         logits upsampled to the masks' size; ``parts`` holds the unweighted ``decode`` and ``aux`` losses."""
-        features = self.backbone(images)
+        features = self.backbone(self.to_memory_format(images))
         size = masks.shape[-2:]
         logits = F.interpolate(self.head(features), size=size, mode='bilinear', align_corners=False)
         parts = {'decode': self._loss(logits, masks)}
@@ -290,7 +296,9 @@ class SegmentationModule(BackboneTask):
     @override
     def configure_model(self) -> None:
         """SyncBatchNorm where it means something: a fit distributed over several GPU processes. Called before the
-        strategy wraps the model in DDP and before the optimizer is built."""
+        strategy wraps the model in DDP and before the optimizer is built. The speed switches apply here too."""
+        self.speed_up(self.hparams.compile, self.hparams.channels_last, self.hparams.float32_matmul_precision,
+                      self.hparams.compile_backend)
         trainer = self.trainer
         if trainer.state.fn != 'fit' or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
             return
