@@ -1,11 +1,13 @@
-"""What the classification and segmentation tasks share; neither task imports the other."""
+"""What the classification, segmentation and detection tasks share; no task imports another."""
 import re
 from typing import Any, Dict, List, Literal, Optional
 
 import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import resolve_model_data_config
+from timm.scheduler.scheduler import Scheduler as TimmScheduler
 from typing_extensions import override
 
 from ..errors import UserInputError
@@ -112,10 +114,34 @@ class BackboneTask(LightningModule):
             self.backbone.compile(mode=None if compile == 'default' else compile, backend=compile_backend)
             self._backbone_compiled = True
 
+    def sync_batchnorm(self, enabled: bool) -> None:
+        """SyncBatchNorm where it means something, a fit distributed over several GPU processes (call from
+        ``configure_model``: before DDP wraps the model and the optimizer is built); elsewhere BatchNorm stays per
+        process, where SyncBatchNorm cannot run. One info line says which."""
+        trainer = self.trainer
+        if trainer.state.fn != 'fit' or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
+            return
+        device, world = trainer.strategy.root_device.type, trainer.world_size
+        if enabled and world > 1 and device == 'cuda':
+            if not any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
+                nn.SyncBatchNorm.convert_sync_batchnorm(self)
+                rank_zero_info(f'SyncBatchNorm: batch statistics shared by the {world} GPU processes')
+        else:
+            why = 'sync_bn is off' if not enabled else f'{world} {device} process(es)'
+            rank_zero_info(f'BatchNorm stays per process ({why}; SyncBatchNorm only for a fit distributed on GPUs)')
+
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the backbone's memory format (channels-last when ``speed_up`` set it)."""
         memory_format = getattr(self, '_memory_format', None)
         return images if memory_format is None else images.contiguous(memory_format=memory_format)
+
+    @override
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm's schedulers step per optimizer update (t_in_epochs=False); torch's go through Lightning's default
+        if isinstance(scheduler, TimmScheduler):
+            scheduler.step_update(num_updates=self.global_step)
+        else:
+            super().lr_scheduler_step(scheduler, metric)
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop the run with the step that diverged, instead of training on NaNs."""

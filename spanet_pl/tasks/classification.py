@@ -164,7 +164,3 @@ class ClassificationModule(BackboneTask):
             optimizer, t_initial=total, lr_min=self.hparams.min_lr, warmup_t=warmup,
             warmup_lr_init=self.hparams.warmup_lr, t_in_epochs=False)
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
-
-    @override
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        scheduler.step_update(num_updates=self.global_step)

@@ -223,14 +223,8 @@ class DetectionModule(BackboneTask):
 
     @override
     def configure_model(self) -> None:
-        """SyncBatchNorm for a fit distributed over GPU processes; called before DDP wraps the model and before the
-        optimizer is built."""
-        trainer = self.trainer
-        if (self.hparams.sync_bn and trainer.state.fn == 'fit' and trainer.world_size > 1
-                and trainer.strategy.root_device.type == 'cuda'
-                and any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in self.modules())):
-            nn.SyncBatchNorm.convert_sync_batchnorm(self)
-            _logger.info('SyncBatchNorm: box-head batch statistics shared by the %d GPU processes', trainer.world_size)
+        """SyncBatchNorm for the cascade's box heads in a fit distributed on GPUs (``BackboneTask.sync_batchnorm``)."""
+        self.sync_batchnorm(self.hparams.sync_bn)
 
     @override
     def configure_callbacks(self) -> List:

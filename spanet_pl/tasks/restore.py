@@ -5,13 +5,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Union
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserInputError
 from ..models.official import read_checkpoint
 from .classification import ClassificationModule
-from .segmentation import SegmentationModule
+from .segmentation import SegmentationModule, segment
 
 __all__ = ['RestoredRun', 'restore_run', 'SegmentationNet']
 
@@ -26,8 +25,7 @@ class SegmentationNet(nn.Module):
         self.head = head
 
     def forward(self, images: Tensor) -> Tensor:
-        logits = self.head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+        return segment(self.backbone, self.head, images)
 
 
 @dataclass

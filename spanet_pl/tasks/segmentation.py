@@ -25,12 +25,19 @@ from ..models.heads import HEADS, FCNHead, HeadName, resize_to_original
 from ._common import BackboneTask, CompileMode, MatmulPrecision, stage_lr_decay_groups, weight_decay_groups
 from .seg_inference import aug_inference, aug_tag, check_scales, slide_inference
 
-__all__ = ['SegmentationModule', 'slide_inference', 'aug_inference', 'Inference']
+__all__ = ['SegmentationModule', 'segment', 'slide_inference', 'aug_inference', 'Inference']
 
 Inference = Literal['whole', 'slide']
 
 # mmseg's auxiliary FCNHead of the UperNet configs (SPANetV2-official's too): stage 3, 256 channels, one conv
 AUX_DEFAULTS = {'in_index': 2, 'channels': 256, 'num_convs': 1, 'concat_input': False, 'dropout': 0.1}
+
+
+def segment(backbone: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, H, W) of ``head`` over ``backbone``'s pyramid, upsampled to the input's resolution (the task's
+    ``forward``, and the exported network's)."""
+    logits = head(backbone(images))
+    return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
 
 
 class SegmentationModule(BackboneTask):
@@ -166,8 +173,7 @@ class SegmentationModule(BackboneTask):
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the input's resolution."""
-        logits = self.head(self.backbone(self.to_memory_format(images)))
-        return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+        return segment(self.backbone, self.head, self.to_memory_format(images))
 
     def inference(self, images: torch.Tensor, mode: Optional[Inference] = None) -> torch.Tensor:
         """Full-resolution logits by the configured (or the given) mode, 'whole' or 'slide'."""
@@ -295,21 +301,10 @@ class SegmentationModule(BackboneTask):
 
     @override
     def configure_model(self) -> None:
-        """SyncBatchNorm where it means something: a fit distributed over several GPU processes. Called before the
-        strategy wraps the model in DDP and before the optimizer is built. The speed switches apply here too."""
+        """The speed switches and SyncBatchNorm for a fit distributed on GPUs (``BackboneTask.sync_batchnorm``)."""
         self.speed_up(self.hparams.compile, self.hparams.channels_last, self.hparams.float32_matmul_precision,
                       self.hparams.compile_backend)
-        trainer = self.trainer
-        if trainer.state.fn != 'fit' or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
-            return
-        device, world = trainer.strategy.root_device.type, trainer.world_size
-        if self.hparams.sync_bn and world > 1 and device == 'cuda':
-            if not any(isinstance(m, nn.SyncBatchNorm) for m in self.modules()):
-                nn.SyncBatchNorm.convert_sync_batchnorm(self)
-                rank_zero_info(f'SyncBatchNorm: batch statistics shared by the {world} GPU processes')
-        else:
-            why = 'sync_bn is off' if not self.hparams.sync_bn else f'{world} {device} process(es)'
-            rank_zero_info(f'BatchNorm stays per process ({why}; SyncBatchNorm only for a fit distributed on GPUs)')
+        self.sync_batchnorm(self.hparams.sync_bn)
 
     @override
     def configure_optimizers(self):
@@ -334,7 +329,3 @@ class SegmentationModule(BackboneTask):
                        f'steps, then poly({self.hparams.poly_power:g}) to {self.hparams.min_lr:g} at step {total}'
                        + (f'; stage-wise lr decay {decay:g} ({layers} layers)' if decay < 1 else ''))
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
-
-    @override
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        scheduler.step_update(num_updates=self.global_step)
