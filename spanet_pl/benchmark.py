@@ -23,15 +23,11 @@ same way, and reports the peak memory.
 """
 import argparse
 import csv
-import ctypes
 import gc
 import json
 import os
 import platform
-import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Callable, List, Literal, Optional, Sequence, get_args
 
@@ -45,6 +41,7 @@ from .errors import check_choice
 from .flops import count_flops
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
 from .seg_benchmark import add_segmentation_arguments, measure_segmentation, segmentation_cells
+from .timing import peak_memory_mb, time_steps
 from .testing import OFFICIAL_FILES, build_official, official_weights, seeded_input
 
 __all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'format_table', 'main']
@@ -100,11 +97,6 @@ def _family(variant: str) -> str:
     return 'v1' if variant in SPANET_VARIANTS else 'v2'
 
 
-def _sync(device: torch.device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Parameter], amp: bool,
                num_classes: int = 1000) -> Callable:
     """One timed unit of work: an inference forward, or forward + cross-entropy backward + SGD step."""
@@ -124,67 +116,6 @@ def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Pa
         loss.backward()
         optimizer.step()
     return step
-
-
-def _time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
-    """Median seconds per call of each step, iterations alternating between the steps."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    _sync(device)
-    times = [[] for _ in steps]
-    for _ in range(iters):
-        for step, record in zip(steps, times):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
-
-
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def _malloc_trim():
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def peak_memory_mb(step: Callable, device: torch.device) -> Optional[float]:
-    """Peak memory of one call of ``step`` beyond what was in use before it, in MiB: CUDA, the allocator's
-    ``max_memory_allocated``; CPU, the process's resident set sampled every millisecond after glibc's
-    ``malloc_trim`` returned freed pages (Linux; None elsewhere)."""
-    if device.type == 'cuda':
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
-    if not os.path.exists('/proc/self/statm'):
-        return None
-    gc.collect()
-    _malloc_trim()  # hand freed heap pages back, so that the step's allocations show in the resident set again
-    before = _rss_bytes()
-    peak, done = [before], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        step()
-    finally:
-        done.set()
-        sampler.join()
-    return (max(peak[0], _rss_bytes()) - before) / 2 ** 20
 
 
 def _check_models(names: Optional[Sequence[str]]) -> List[str]:
@@ -331,7 +262,7 @@ def measure_speed(
                                                    f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'))
                             continue
                     entries.append((label, step, diffs.get(spec['label']), note))
-            seconds = _time_steps([e[1] for e in entries], warmup, iters, dev)
+            seconds = time_steps([e[1] for e in entries], warmup, iters, dev)
             for (label, step, diff, note), sec in zip(entries, seconds):
                 rows.append(_speed_row(label, size, mode, n, sec, peak_memory_mb(step, dev) if memory else None,
                                        diff, note))
@@ -356,9 +287,8 @@ def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
 
 
 def measure_segmentation_speed(**kwargs) -> List[dict]:
-    """Segmentation images/s and peak memory per decode head: ``spanet_pl.seg_benchmark.measure_segmentation`` (same
-    arguments but ``time_steps``) timed by this module's interleaved loop."""
-    return measure_segmentation(_time_steps, **kwargs)
+    """Segmentation images/s and peak memory per decode head: ``spanet_pl.seg_benchmark.measure_segmentation``."""
+    return measure_segmentation(**kwargs)
 
 
 def _segmentation(parser: argparse.ArgumentParser, args: argparse.Namespace):

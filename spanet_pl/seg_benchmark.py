@@ -3,7 +3,7 @@
 
 The models are the ``SegmentationModule`` the recipes train (``num_classes`` 150, the heads' recipe widths), so the
 numbers include the final upsampling to the input size and, in training, the auxiliary head and loss. Timing is the
-benchmark's own interleaved loop (passed in by ``spanet_pl.benchmark``), so every head sees the same machine load.
+benchmark's interleaved loop (``spanet_pl.timing``), so every head sees the same machine load.
 """
 import argparse
 import functools
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import torch
 
 from .errors import check_choice
+from .timing import sync, time_steps
 
 if TYPE_CHECKING:
     from .tasks.segmentation import SegmentationModule
@@ -27,7 +28,6 @@ SEG_HEADS: Dict[str, Dict] = {
     'upernet': {'head': 'upernet', 'head_kwargs': {'channels': 320}, 'aux_weight': 0.4},
 }
 NUM_CLASSES = 150
-TimeSteps = Callable[[List[Callable], int, int, torch.device], List[float]]
 
 
 def _step(model: 'SegmentationModule', x: torch.Tensor, train: bool, amp: bool) -> Callable:
@@ -53,15 +53,14 @@ def _peak_memory(step: Callable, device: torch.device, before: int) -> Optional[
     """Bytes allocated at the peak of one ``step`` beyond ``before`` (CUDA); None on the CPU."""
     if device.type != 'cuda':
         return None
-    torch.cuda.synchronize(device)
+    sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    torch.cuda.synchronize(device)
+    sync(device)
     return torch.cuda.max_memory_allocated(device) - before
 
 
 def measure_segmentation(
-        time_steps: TimeSteps,
         variant: str = 'spanetv2_s18_pure',
         heads: Sequence[str] = ('fpn', 'upernet'),
         size: int = 512,
@@ -75,7 +74,6 @@ def measure_segmentation(
     """Images/s and peak memory of ``variant`` with each head, the heads' iterations interleaved.
 
     Args:
-        time_steps: ``(steps, warmup, iters, device) -> median seconds per step`` (the benchmark's loop).
         variant: backbone name.
         heads: keys of ``SEG_HEADS``.
         size: square input size.

@@ -1,0 +1,80 @@
+"""Timing and memory of benchmark steps, shared by the classification and segmentation benchmarks: steps timed
+interleaved (every model sees the same machine load), and the peak memory of one step (CUDA allocator or CPU
+resident set)."""
+import ctypes
+import gc
+import os
+import statistics
+import threading
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+__all__ = ['sync', 'time_steps', 'peak_memory_mb']
+
+
+def sync(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
+    """Median seconds per call of each step, iterations alternating between the steps."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    sync(device)
+    times = [[] for _ in steps]
+    for _ in range(iters):
+        for step, record in zip(steps, times):
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _malloc_trim():
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def peak_memory_mb(step: Callable, device: torch.device) -> Optional[float]:
+    """Peak memory of one call of ``step`` beyond what was in use before it, in MiB: CUDA, the allocator's
+    ``max_memory_allocated``; CPU, the process's resident set sampled every millisecond after glibc's
+    ``malloc_trim`` returned freed pages (Linux; None elsewhere)."""
+    if device.type == 'cuda':
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    if not os.path.exists('/proc/self/statm'):
+        return None
+    gc.collect()
+    _malloc_trim()  # hand freed heap pages back, so that the step's allocations show in the resident set again
+    before = _rss_bytes()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        step()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], _rss_bytes()) - before) / 2 ** 20
