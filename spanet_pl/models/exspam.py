@@ -156,10 +156,11 @@ class ExSPAM(nn.Module):
         return None if srf is None else self._to_layout(srf).permute(1, 2, 0)
 
     def _srf_like(self, x: Tensor) -> Optional[Tensor]:
-        """``_srf_channels_last`` at the size of channels-last ``x`` (the size read inside an FX leaf)."""
+        """The activated SRF, (C, H, W//2+1) in the channel order of ``head_layout``, at the size of channels-last
+        ``x`` (the size read inside an FX leaf)."""
         if self.filter is None:
             return None
-        return self._to_layout(self.srf_act(filter_like(self.filter, x))).permute(1, 2, 0)
+        return self._to_layout(self.srf_act(filter_like(self.filter, x)))
 
     def _derived(self, height: int, width: int):
         """Weights of the inference path, in the channel order of ``head_layout``: every head's depthwise kernel
@@ -191,17 +192,18 @@ class ExSPAM(nn.Module):
 
     def _context_per_head(self, x: Tensor) -> Tensor:
         # one conv per head at its own kernel size: the depthwise weight gradient costs ~k^2 per channel, so
-        # zero-padding 3/5/7 to 9 would double it; heads are contiguous (head-major) before the reordering
+        # zero-padding 3/5/7 to 9 would double it. The heads' NCHW outputs are stacked straight into the NCHW
+        # memory the FFT runs on (one copy), and the filtered map comes back channels-last for the projection.
         ctx = self.ctx(x).permute(0, 3, 1, 2)
         parts = ctx.chunk(self.num_heads, 1)
         heads: List[Tensor] = []
         for i, conv in enumerate(self.local_convs):
-            heads.append(conv(parts[i]).permute(0, 2, 3, 1))
-        ctx = torch.stack(heads, -1).flatten(-2) if self.head_layout == 'interleave' else torch.cat(heads, -1)
+            heads.append(conv(parts[i]))
+        ctx = torch.stack(heads, 2).flatten(1, 2) if self.head_layout == 'interleave' else torch.cat(heads, 1)
         srf = self._srf_like(x)
         if srf is not None:
-            ctx = spectral_filter(ctx, srf, channels_last=True)
-        return ctx
+            ctx = spectral_filter(ctx, srf)
+        return ctx.permute(0, 2, 3, 1).contiguous()
 
     @torch.jit.unused
     def _context_eager(self, x: Tensor) -> Tensor:
