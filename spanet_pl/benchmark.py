@@ -29,29 +29,19 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Sequence, get_args
+from typing import List, Optional, Sequence, get_args
 
 import torch
-import torch.nn as nn
-import timm
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import check_choice
 from .flops import count_flops
-from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
+from .models import VARIANTS, create_backbone
 from .seg_benchmark import add_segmentation_arguments, measure_segmentation, segmentation_cells
-from .timing import peak_memory_mb, time_steps
-from .testing import OFFICIAL_FILES, build_official, official_weights, seeded_input
+from .speed_benchmark import DEFAULT_SPEED_VARIANTS, Compile, Dtype, check_models, measure_speed
+from .testing import OFFICIAL_FILES
 
 __all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'format_table', 'main']
-
-DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
-Dtype = Literal['float32', 'bfloat16']
-Compile = Literal['off', 'on', 'both']
-Mode = Literal['inference', 'train', 'latency']
-OFFICIAL_V1_SIZE = 224  # the official v1 re-assigns its fixed filters in forward, which raises at any other size
-SEED = 0
 
 MACS_NOTE = (
     'Parameters: trainable, 1000-class head. MACs: torch.utils.flop_counter.FlopCounterMode FLOPs / 2 at batch 1, '
@@ -60,8 +50,6 @@ MACS_NOTE = (
 FFT_NOTE = (
     'FFT: analytic, per transform the model runs: 2.5 N log2 N FLOPs per real 2-D (i)rfft of N = H*W points '
     '(5 N log2 N per complex one), times the channels transformed.')
-
-
 
 
 def _check_variants(names: Optional[Sequence[str]], default: Sequence[str]) -> List[str]:
@@ -91,199 +79,6 @@ def measure_table(variants: Optional[Sequence[str]] = None, size: int = 224, pro
         del model
         gc.collect()
     return rows
-
-
-def _family(variant: str) -> str:
-    return 'v1' if variant in SPANET_VARIANTS else 'v2'
-
-
-def _make_step(model: Callable, x: torch.Tensor, train: bool, params: List[nn.Parameter], amp: bool,
-               num_classes: int = 1000) -> Callable:
-    """One timed unit of work: an inference forward, or forward + cross-entropy backward + SGD step."""
-    device_type = x.device.type
-    if not train:
-        def step():
-            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-                model(x)
-        return step
-    optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=1e-4, momentum=0.9)
-    target = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), target)
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def _check_models(names: Optional[Sequence[str]]) -> List[str]:
-    """Our variants and any timm model name (the peers: caformer_s18, convnext_tiny, ...)."""
-    names = list(names) if names else list(DEFAULT_SPEED_VARIANTS)
-    known = None
-    for name in names:
-        if name in VARIANTS:
-            continue
-        known = known or set(timm.list_models())
-        if name not in known:
-            check_choice(name, tuple(VARIANTS) + tuple(sorted(known)), 'model (ours or timm)')
-    return names
-
-
-def measure_speed(
-        variants: Optional[Sequence[str]] = None,
-        sizes: Sequence[int] = (224,),
-        batch: int = 8,
-        device: str = 'cpu',
-        dtype: Dtype = 'float32',
-        warmup: int = 3,
-        iters: int = 10,
-        official_v1: Optional[str] = None,
-        official_v2: Optional[str] = None,
-        channels_last: bool = False,
-        compile: Compile = 'off',
-        compile_mode: Optional[str] = None,
-        train: bool = False,
-        modes: Optional[Sequence[Mode]] = None,
-        latency: bool = False,
-        baseline: Optional[str] = None,
-        memory: bool = True,
-        progress: bool = True,
-) -> List[dict]:
-    """Throughput, time per iteration and peak memory of our models, any timm models and, where a clone is given,
-    the official ones, all iterations of one (size, mode) interleaved so that every model sees the same load.
-
-    Args:
-        variants: our variant names and / or timm model names (default: spanet_small, spanetv2_s18_pure,
-            spanetv2_s18_hybrid).
-        sizes: square input sizes.
-        batch: images per iteration.
-        device: 'cpu' or 'cuda'.
-        dtype: 'float32', or 'bfloat16' (torch.autocast, as Lightning's bf16-mixed precision runs).
-        warmup: untimed iterations per model, size and mode (at least 1 with ``compile``).
-        iters: timed iterations; the median is reported.
-        official_v1: path of a DoranLyong/SPANet-official clone, or None.
-        official_v2: path of a DoranLyong/SPANetV2-official clone, or None.
-        channels_last: run models and inputs in channels-last memory format.
-        compile: 'off', 'on' (``torch.compile`` every model) or 'both' (each model eager and compiled, side by side).
-        compile_mode: ``torch.compile``'s mode (None: its default).
-        train: shorthand for ``modes=['train']``.
-        modes: 'inference' (forward without grad) and / or 'train' (forward + cross-entropy backward + SGD step).
-        latency: also time single images (mode 'latency': inference at batch 1).
-        baseline: the model whose img/s the ``ratio`` column divides by (a row's ``model``; default the first).
-        memory: measure each step's peak memory (one extra call per model).
-        progress: show a tqdm bar (stderr).
-    Returns:
-        One dict per (model, size, mode): model (our variant, ``<variant> (official)``, a timm name; ``+compile``
-        when compiled), size, mode, batch, img_s, ms_iter, peak_memory_mb, ratio, max_abs_logit_diff (ours vs
-        official, fp32, eval), note.
-    """
-    check_choice(dtype, Dtype, 'dtype')
-    check_choice(compile, Compile, 'compile')
-    if iters < 1 or warmup < 0 or batch < 1:
-        raise ValueError(f'need iters >= 1, warmup >= 0 and batch >= 1, got {iters}, {warmup}, {batch}')
-    modes = list(modes) if modes else ['train' if train else 'inference']
-    for mode in modes:
-        check_choice(mode, Mode, 'mode')
-    if latency and 'latency' not in modes:
-        modes.append('latency')
-    dev = torch.device(device)
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError('device cuda given but CUDA is not available')
-        torch.backends.cudnn.benchmark = True
-    roots = {'v1': official_v1, 'v2': official_v2}
-    amp = dtype == 'bfloat16'
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    names = _check_models(variants)
-
-    # every model built once, up front: (label, module, our variant it mirrors or None, note)
-    models, pairs = [], []
-    for name in names:
-        if name not in VARIANTS:
-            models.append(dict(label=name, module=timm.create_model(name).to(dev), note=None))
-            continue
-        ours = create_backbone(name).to(dev)
-        models.append(dict(label=name, module=ours, note=None))
-        root = roots[_family(name)]
-        if root is None:
-            models[-1]['note'] = f'no --official-{_family(name)}'
-        elif name not in OFFICIAL_VARIANTS:
-            models[-1]['note'] = 'no official counterpart'
-        else:
-            official = build_official(_family(name), name, root).to(dev)
-            models.append(dict(label=f'{name} (official)', module=official, note=None, family=_family(name),
-                               weights=official_weights(official, _family(name), SEED)))
-            pairs.append((models[-2], models[-1]))
-    if baseline is not None and baseline not in [m['label'] for m in models]:
-        check_choice(baseline, [m['label'] for m in models], 'baseline')
-    baseline = baseline or models[0]['label']
-    compiled = {'off': [False], 'on': [True], 'both': [False, True]}[compile]
-
-    rows = []
-    bar = tqdm(total=len(sizes) * len(modes), desc='speed', disable=not progress, file=sys.stderr)
-    for size in sizes:
-        # fresh identical weights at every size (a training step changes them), then the equivalence check
-        diffs, skip = {}, set()
-        for ours, official in pairs:
-            if official['family'] == 'v1' and size != OFFICIAL_V1_SIZE:
-                skip.add(official['label'])
-                continue
-            official['module'].load_state_dict(official['weights'])
-            load_official_checkpoint(ours['module'], official['module'].state_dict())
-            x = seeded_input(2, (size, size), SEED).to(dev)
-            with torch.no_grad():
-                reference = official['module'].eval()(x)
-                diff = (ours['module'].eval()(x) - reference).abs().max().item()
-            diffs[ours['label']] = diffs[official['label']] = diff
-            if diff > 1e-4 * max(1., reference.abs().max().item()):
-                ours['note'] = 'LOGITS DIFFER from the official model'
-        for mode in modes:
-            bar.set_postfix_str(f'{size} {mode}')
-            train_mode, n = mode == 'train', 1 if mode == 'latency' else batch
-            x = torch.randn(n, 3, size, size, device=dev).contiguous(memory_format=memory_format)
-            entries = []
-            for spec in models:
-                if spec['label'] in skip:
-                    continue
-                model = spec['module'].to(memory_format=memory_format).train(train_mode)
-                for with_compile in compiled:
-                    run = torch.compile(model, mode=compile_mode) if with_compile else model
-                    label = spec['label'] + ('+compile' if with_compile else '')
-                    step = _make_step(run, x, train_mode, list(model.parameters()), amp,
-                                      getattr(model, 'num_classes', 1000) or 1000)
-                    note = spec['note']
-                    if '(official)' in label or with_compile:
-                        try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
-                            step()
-                        except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
-                            rows.append(_speed_row(label, size, mode, n, None, None, diffs.get(spec['label']),
-                                                   f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'))
-                            continue
-                    entries.append((label, step, diffs.get(spec['label']), note))
-            seconds = time_steps([e[1] for e in entries], warmup, iters, dev)
-            for (label, step, diff, note), sec in zip(entries, seconds):
-                rows.append(_speed_row(label, size, mode, n, sec, peak_memory_mb(step, dev) if memory else None,
-                                       diff, note))
-            bar.update()
-    bar.close()
-    for row in rows:
-        reference = next((r for r in rows if r['model'] == baseline and r['size'] == row['size']
-                          and r['mode'] == row['mode'] and r['img_s']), None)
-        row['baseline'] = baseline
-        row['ratio'] = row['img_s'] / reference['img_s'] if reference and row['img_s'] else None
-    del models, pairs
-    gc.collect()
-    if dev.type == 'cuda':
-        torch.cuda.empty_cache()
-    return rows
-
-
-def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
-    return dict(model=model, size=size, mode=mode, batch=batch, img_s=batch / seconds if seconds else None,
-                ms_iter=seconds * 1e3 if seconds else None, peak_memory_mb=memory, ratio=None,
-                max_abs_logit_diff=diff, note=note)
 
 
 def measure_segmentation_speed(**kwargs) -> List[dict]:
@@ -456,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None):
         return _segmentation(parser, args)
     try:  # argument errors as one line, before minutes of model building
         if args.command == 'speed':
-            _check_models(args.variants)
+            check_models(args.variants)
             for family, root in (('v1', args.official_v1), ('v2', args.official_v2)):
                 if root is not None and not (Path(root) / OFFICIAL_FILES[family]).is_file():
                     raise ValueError(f'--official-{family} {root}: {OFFICIAL_FILES[family]} not found in it')
