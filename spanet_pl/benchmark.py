@@ -5,6 +5,8 @@
         [--official-v1 PATH/SPANet-official] [--official-v2 PATH/SPANetV2-official] [--modes inference train]
         [--latency] [--compile [on|both]] [--compile-mode MODE] [--baseline MODEL] [--csv out.csv] [--json out.json]
     python -m spanet_pl.benchmark seg [--variant spanetv2_s18_pure] [--heads fpn upernet] [--size 512] [--train]
+    python -m spanet_pl.benchmark scaling [--variants NAME|TIMM_NAME ...] [--sizes 224 384 512 1024] [--batch 1 8 32]
+        [--modes inference train] [--max-memory-gb GB] [--csv out.csv] [--plot out.png]
 
 ``table`` counts trainable parameters and MACs (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, batch 1, eval)
 and, separately, the FFTs of the spectral filters, which FlopCounterMode does not see (``spanet_pl.flops``).
@@ -20,6 +22,10 @@ loads one set of synthetic weights into both models (ours through ``load_officia
 
 ``seg`` times a backbone with the segmentation recipes' decode heads (``spanet_pl.seg_benchmark``), interleaved the
 same way, and reports the peak memory.
+
+``scaling`` times models over image sizes and batches (``spanet_pl.scaling``): seconds per call, peak memory and the
+FFT's share of the op time (torch.profiler) per configuration, and the exponent a of time ~ pixels^a; a configuration
+whose memory, predicted from the smaller ones, would pass ``--max-memory-gb`` is skipped.
 """
 import argparse
 import csv
@@ -29,7 +35,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, get_args
+from typing import Dict, List, Optional, Sequence, get_args
 
 import torch
 from tqdm import tqdm
@@ -37,11 +43,14 @@ from tqdm import tqdm
 from .errors import check_choice
 from .flops import count_flops
 from .models import VARIANTS, create_backbone
+from .scaling import (CSV_COLUMNS as SCALING_CSV_COLUMNS, add_scaling_arguments, check_scaling, fit_growth,
+                      measure_scaling, memory_limit_gb, plot_scaling)
 from .seg_benchmark import add_segmentation_arguments, measure_segmentation, segmentation_cells
 from .speed_benchmark import DEFAULT_SPEED_VARIANTS, Compile, Dtype, check_models, measure_speed
 from .testing import OFFICIAL_FILES
 
-__all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'format_table', 'main']
+__all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'measure_scaling',
+           'format_table', 'main']
 
 MACS_NOTE = (
     'Parameters: trainable, 1000-class head. MACs: torch.utils.flop_counter.FlopCounterMode FLOPs / 2 at batch 1, '
@@ -50,6 +59,12 @@ MACS_NOTE = (
 FFT_NOTE = (
     'FFT: analytic, per transform the model runs: 2.5 N log2 N FLOPs per real 2-D (i)rfft of N = H*W points '
     '(5 N log2 N per complex one), times the channels transformed.')
+SCALING_NOTE = (
+    's/call: median seconds of one call (the models of a configuration interleaved). peak MB: as speed measures it. '
+    'predicted MB: linear in batch x pixels from the largest configuration of the model and mode measured before '
+    '(the first from batch 1 at the smallest size). FFT %: self time of the aten::_fft* ops over the self time of all '
+    'ops in one more call under torch.profiler (CPU time; CUDA: kernel time). a: least-squares slope of log(s/call) '
+    'against log(pixels) over the measured sizes.')
 
 
 def _check_variants(names: Optional[Sequence[str]], default: Sequence[str]) -> List[str]:
@@ -100,6 +115,47 @@ def _segmentation(parser: argparse.ArgumentParser, args: argparse.Namespace):
     title, headers, cells = segmentation_cells(rows, settings, environment)
     print(title + '\n' + format_table(cells, headers, left=(0, 1, 3)))
     _write_json(args.json, dict(command='seg', settings=settings, environment=environment, results=rows))
+
+
+def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    settings = {k: v for k, v in vars(args).items() if k not in ('command', 'csv', 'plot')}
+    try:
+        check_scaling(args.variants, args.sizes, args.batches, args.modes, args.device, args.dtype, args.warmup,
+                      args.iters, args.max_memory_gb)
+    except ValueError as e:
+        sys.exit(f'{parser.prog}: error: {e}')
+    if settings['max_memory_gb'] is None:
+        settings['max_memory_gb'] = memory_limit_gb(torch.device(args.device))
+    load_before = os.getloadavg()[0]
+    rows = measure_scaling(**settings)
+    title = _print_scaling(rows, settings, _environment(args.device, load_before))
+    if args.csv is not None:
+        write_csv(args.csv, rows, SCALING_CSV_COLUMNS)
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        print(f'wrote {plot_scaling(rows, args.plot, title)}', file=sys.stderr)
+
+
+def _print_scaling(rows: List[dict], settings: dict, environment: dict) -> str:
+    """Print the measurements and the fitted exponents; return the settings line (the plot's title)."""
+    title = (f'scaling: seconds per call, median of {settings["iters"]} interleaved calls after {settings["warmup"]} '
+             f'warm-up; {settings["dtype"]}, {environment["device"]} ({settings["device"]}, {environment["threads"]} '
+             f'threads), torch {environment["torch"]}, channels_last={settings["channels_last"]}, memory limit '
+             + _fmt(settings['max_memory_gb'], '.3g', ' GB'))
+    print(f'# {title}\n# 1-min load average before: {{}} (after, this run included: {{}}) on {{}} cores'.format(
+        *environment['load_avg_1min'], environment['cpu_count']))
+    cells = [[r['model'], r['mode'], str(r['batch']), str(r['size']), _fmt(r['seconds'], '.4f'),
+              _fmt(r['img_s'], '.2f'), _fmt(r['ms_image'], '.1f'), _fmt(r['peak_memory_mb'], '.0f'),
+              _fmt(r['predicted_memory_mb'], '.0f'), _fmt(None if r['fft_share'] is None else 100 * r['fft_share'],
+                                                          '.1f'), r['note'] or ''] for r in rows]
+    print(format_table(cells, ['model', 'mode', 'batch', 'size', 's/call', 'img/s', 'ms/image', 'peak MB',
+                               'predicted MB', 'FFT %', 'note'], left=(0, 1, 10)))
+    fits = [[f['model'], f['mode'], str(f['batch']), ' '.join(map(str, f['sizes'])), _fmt(f['exponent'], '.2f')]
+            for f in fit_growth(rows)]
+    print('\n# growth: time per call ~ pixels^a, fitted over the measured sizes')
+    print(format_table(fits, ['model', 'mode', 'batch', 'sizes', 'a'], left=(0, 1, 3)))
+    print('\n' + SCALING_NOTE)
+    return title
 
 
 def format_table(rows: List[List[str]], headers: Sequence[str], markdown: bool = False,
@@ -162,19 +218,21 @@ def _print_speed(rows: List[dict], settings: dict, environment: dict):
 
 CSV_COLUMNS = ('model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak memory MB', 'ratio', 'baseline',
                'max|dlogit|', 'note')
+_SPEED_KEYS = ('model', 'size', 'mode', 'batch', 'img_s', 'ms_iter', 'peak_memory_mb', 'ratio', 'baseline',
+               'max_abs_logit_diff', 'note')
 
 
-def write_csv(path: Path, rows: List[dict]):
-    """One line per model x size x mode (``CSV_COLUMNS``); ``ratio`` is img/s over the baseline's."""
+def write_csv(path: Path, rows: List[dict], columns: Optional[Dict[str, str]] = None):
+    """One line per row, ``columns`` (header -> key of the row) in order; by default speed's: one line per model x
+    size x mode (``CSV_COLUMNS``), where ``ratio`` is img/s over the baseline's."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = ('model', 'size', 'mode', 'batch', 'img_s', 'ms_iter', 'peak_memory_mb', 'ratio', 'baseline',
-            'max_abs_logit_diff', 'note')
+    columns = columns or dict(zip(CSV_COLUMNS, _SPEED_KEYS))
     with open(path, 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
             writer.writerow(['' if row[k] is None else (f'{row[k]:.4g}' if isinstance(row[k], float) else row[k])
-                             for k in keys])
+                             for k in columns.values()])
     print(f'wrote {path}', file=sys.stderr)
 
 
@@ -189,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m spanet_pl.benchmark', description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest='command', required=True, metavar='{table,speed,seg}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{table,speed,seg,scaling}')
 
     table = sub.add_parser('table', help='trainable parameters and MACs of every variant',
                            description='Trainable parameters and MACs (FlopCounterMode FLOPs / 2, batch 1, eval) '
@@ -241,6 +299,13 @@ def _parser() -> argparse.ArgumentParser:
         'seg', help='segmentation images/s and peak memory per decode head (FPN, UperNet) at 512x512',
         description='Images/s (median, heads interleaved) and peak memory of a backbone with the segmentation '
                     "recipes' decode heads, inference or training (spanet_pl.seg_benchmark)."))
+    add_scaling_arguments(sub.add_parser(
+        'scaling', help='time, peak memory and FFT share against image size and batch, with the growth exponent',
+        description='Seconds per call (median, models interleaved), images/s, peak memory and the FFT share of the op '
+                    'time (torch.profiler) per model, size, batch and mode, and per model, batch and mode the '
+                    'least-squares exponent a of time ~ pixels^a (spanet_pl.scaling). Configurations run from the '
+                    'smallest batch x pixels up; one whose peak memory, predicted linearly from the largest measured '
+                    'before, is above --max-memory-gb is skipped and noted in the table.'))
     return parser
 
 
@@ -249,6 +314,8 @@ def main(argv: Optional[Sequence[str]] = None):
     args = parser.parse_args(argv)
     if args.command == 'seg':
         return _segmentation(parser, args)
+    if args.command == 'scaling':
+        return _scaling(parser, args)
     try:  # argument errors as one line, before minutes of model building
         if args.command == 'speed':
             check_models(args.variants)
