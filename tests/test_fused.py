@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from timm.models.metaformer import StarReLU as TimmStarReLU
 
 from spanet_pl.models import ExSPAM
-from spanet_pl.models.fused import StarReLU, _StarReLUFunction, scale_add, use_fused
+from timm.layers import Mlp
+
+from spanet_pl.models.fused import StarMlp, StarReLU, _StarMlpFunction, _StarReLUFunction, scale_add, use_fused
 from spanet_pl.models.spectral import spectral_filter
 
 
@@ -122,3 +124,45 @@ def test_exspam_training_path_equals_inference_path(head_layout, size):
         grads.append([xr.grad] + [p.grad for p in mixer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('frozen', [False, True])
+def test_star_mlp_equals_module_by_module(frozen):
+    """The fused MLP gives timm's Mlp + StarReLU values and gradients (input, both weights, scale, bias); frozen
+    weights (fine-tuning a head on a fixed backbone) get none and the input still gets its gradient."""
+    torch.manual_seed(0)
+    fused = StarMlp(8, 24)
+    with torch.no_grad():
+        fused.act.scale.fill_(0.7)
+        fused.act.bias.fill_(-0.2)
+    plain = Mlp(8, 24, act_layer=TimmStarReLU, bias=False)
+    plain.load_state_dict(fused.state_dict())
+    for module in (fused, plain):
+        module.requires_grad_(not frozen)
+    x = torch.randn(2, 5, 6, 8)
+    results = []
+    for module in (fused, plain):
+        xr = x.clone().requires_grad_()
+        out = module(xr)
+        out.backward(torch.cos(out))
+        results.append([out, xr.grad] + [p.grad for p in module.parameters()])
+    assert (results[0][2] is None) == frozen
+    for a, b in zip(*results):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+def test_star_mlp_gradcheck_float64():
+    mlp = StarMlp(3, 5).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = [mlp.fc1.weight, mlp.fc2.weight, mlp.act.scale, mlp.act.bias]
+    assert torch.autograd.gradcheck(lambda *a: _StarMlpFunction.apply(*a), (x, *w))
+
+
+def test_star_mlp_plain_path_with_dropout_and_under_script():
+    mlp = StarMlp(4, 8, drop=0.5)
+    x = torch.randn(16, 4)
+    assert not torch.equal(mlp.train()(x), mlp(x))  # dropout ran: the module-by-module path
+    torch.testing.assert_close(torch.jit.script(mlp.eval())(x), mlp(x))

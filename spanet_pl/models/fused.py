@@ -7,11 +7,13 @@ get the plain expression (``use_fused`` is False there); torch.compile traces th
 """
 import torch
 import torch.fx._symbolic_trace as _fx_trace
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from timm.layers import Mlp
 from timm.models.metaformer import StarReLU as _TimmStarReLU
 
-__all__ = ['use_fused', 'StarReLU', 'scale_add']
+__all__ = ['use_fused', 'StarReLU', 'StarMlp', 'scale_add']
 
 
 def use_fused() -> bool:
@@ -55,6 +57,61 @@ class StarReLU(_TimmStarReLU):
         if not use_fused() or self.scale.shape != (1,) or self.bias.shape != (1,):
             return super().forward(x)
         return _StarReLUFunction.apply(x, self.scale, self.bias)
+
+
+class _StarMlpFunction(torch.autograd.Function):
+    """fc2(StarReLU(fc1(x))) without biases. Owning the whole chain lets every element-wise step run in a buffer the
+    function made itself: the ReLU in fc1's output, the square / scale / shift in one buffer, and backward the mask
+    product and scaling in the gradient fc2 hands back; two fresh activation-sized buffers fewer than module by module.
+    Saves what the modules save: x, relu(fc1(x)) and the activation."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        r = F.linear(x, fc1_weight).relu_()
+        act = torch.mul(r, r).mul_(scale).add_(bias)
+        ctx.save_for_backward(x, fc1_weight, fc2_weight, scale, r, act)
+        return F.linear(act, fc2_weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, fc1_weight, fc2_weight, scale, r, act = ctx.saved_tensors
+        need_x, need_w1, need_w2, need_scale, need_bias = ctx.needs_input_grad
+        grad = grad.reshape(-1, grad.shape[-1])
+        grad_w2 = grad.t().mm(act.reshape(-1, act.shape[-1])) if need_w2 else None
+        if not (need_x or need_w1 or need_scale or need_bias):
+            return None, None, grad_w2, None, None
+        g = grad.mm(fc2_weight)  # d loss / d act, a buffer of our own from here on
+        grad_bias = g.sum().view(1) if need_bias else None
+        g = g.mul_(r.reshape(g.shape))  # zero where fc1(x) <= 0: the ReLU's mask too
+        grad_scale = torch.dot(g.reshape(-1), r.reshape(-1)).view(1) if need_scale else None
+        g = g.mul_(2 * scale)  # d loss / d fc1(x)
+        grad_w1 = g.t().mm(x.reshape(-1, x.shape[-1])) if need_w1 else None
+        grad_x = g.mm(fc1_weight).view(x.shape) if need_x else None
+        return grad_x, grad_w1, grad_w2, grad_scale, grad_bias
+
+
+class StarMlp(Mlp):
+    """timm's ``Mlp`` (same parameters and state-dict keys) with our StarReLU and no biases, run as one fused
+    function in eager fp32 / bf16 training and inference without dropout; the module-by-module forward otherwise
+    (dropout, autocast, torch.compile, TorchScript, FX)."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.):
+        super().__init__(in_features, hidden_features, act_layer=StarReLU, bias=False, drop=drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        plain = (not use_fused() or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+                 or (self.training and (self.drop1.p > 0 or self.drop2.p > 0))
+                 or self.act.scale.shape != (1,) or self.act.bias.shape != (1,))
+        if plain:
+            return super().forward(x)
+        return _StarMlpFunction.apply(x, self.fc1.weight, self.fc2.weight, self.act.scale, self.act.bias)
 
 
 def scale_add(x: Tensor, scale: Tensor, y: Tensor) -> Tensor:

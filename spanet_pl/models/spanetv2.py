@@ -21,13 +21,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.metaformer import LayerNormNoBias, MlpHead, Scale, SquaredReLU
 
 from ..errors import UserInputError, check_choice
 from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
-from .fused import StarReLU, scale_add
+from .fused import StarMlp, scale_add
 from .exspam import (TOKEN_MIXERS, Attention, ExSPAM, HeadLayout, LearnableSigmoid, MixAttention, SrfAct,
                      TokenMixer, head_layout_state)
 from .official import HEAD_LAYOUT_OF, to_ours
@@ -58,7 +58,7 @@ class SPANetV2Block(nn.Module):
         self.layer_scale1 = scale(init_value=layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.res_scale1 = scale(init_value=res_scale_init_value) if res_scale_init_value else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=StarReLU, bias=False, drop=proj_drop)
+        self.mlp = StarMlp(dim, int(mlp_ratio * dim), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.layer_scale2 = scale(init_value=layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.res_scale2 = scale(init_value=res_scale_init_value) if res_scale_init_value else nn.Identity()
