@@ -22,26 +22,41 @@ def use_fused() -> bool:
     return not torch.jit.is_scripting() and not torch.jit.is_tracing() and not _fx_trace.is_fx_symbolic_tracing()
 
 
+def _star_forward(r: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """``scale * r ** 2 + bias`` in one fresh buffer (a fresh buffer costs page faults on CPU; the rest is in place)."""
+    return torch.mul(r, r).mul_(scale).add_(bias)
+
+
+def _star_backward(grad: Tensor, r: Tensor, scale: Tensor, owned: bool, need_x: bool, need_scale: bool,
+                   need_bias: bool):
+    """Gradients of ``scale * relu(x) ** 2 + bias`` for x, scale and bias, from the output's gradient ``grad`` and
+    ``r = relu(x)`` of the same shape. ``owned``: ``grad`` is the caller's own buffer and the mask product and scaling
+    run in it; otherwise they run in one fresh buffer."""
+    grad_bias = grad.sum().view(1) if need_bias else None
+    if not (need_x or need_scale):
+        return None, None, grad_bias
+    g = grad.mul_(r) if owned else grad * r  # zero where x <= 0, so it is also the ReLU's mask
+    grad_scale = torch.dot(g.reshape(-1), r.reshape(-1).to(g.dtype)).view(1) if need_scale else None
+    grad_x = g.mul_(2 * scale) if need_x else None
+    return grad_x, grad_scale, grad_bias
+
+
 class _StarReLUFunction(torch.autograd.Function):
-    # Two fresh buffers each way (a fresh buffer costs page faults on CPU, so the rest runs in place). Forward:
-    # relu, then square, scale and shift in one buffer; backward: the mask product, its scaling in place, and two
-    # reductions. Saves relu(x) only.
+    # forward: relu, then square, scale and shift in one buffer; backward: the mask product in one buffer, its
+    # scaling in place, two reductions. Saves relu(x) only.
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         r = torch.relu(x)
         ctx.save_for_backward(r, scale)
         ctx.x_dtype = x.dtype
-        return torch.mul(r, r).mul_(scale).add_(bias)
+        return _star_forward(r, scale, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         r, scale = ctx.saved_tensors
-        g_r = grad * r  # zero where x <= 0, so it is also the ReLU's mask
-        grad_scale = torch.dot(g_r.reshape(-1), r.reshape(-1).to(g_r.dtype)).view(1) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum().view(1) if ctx.needs_input_grad[2] else None
-        grad_x = g_r.mul_(2 * scale).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_scale, grad_bias
+        grad_x, grad_scale, grad_bias = _star_backward(grad, r, scale, False, *ctx.needs_input_grad)
+        return (None if grad_x is None else grad_x.to(ctx.x_dtype)), grad_scale, grad_bias
 
 
 class StarReLU(_TimmStarReLU):
@@ -53,8 +68,13 @@ class StarReLU(_TimmStarReLU):
         return self._forward_eager(x)
 
     @torch.jit.unused
+    def fusable(self) -> bool:
+        """Whether the fused functions may compute this activation: eager mode, one scale and one bias."""
+        return use_fused() and self.scale.shape == (1,) and self.bias.shape == (1,)
+
+    @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        if not use_fused() or self.scale.shape != (1,) or self.bias.shape != (1,):
+        if not self.fusable():
             return super().forward(x)
         return _StarReLUFunction.apply(x, self.scale, self.bias)
 
@@ -68,7 +88,7 @@ class _StarMlpFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         r = F.linear(x, fc1_weight).relu_()
-        act = torch.mul(r, r).mul_(scale).add_(bias)
+        act = _star_forward(r, scale, bias)
         ctx.save_for_backward(x, fc1_weight, fc2_weight, scale, r, act)
         return F.linear(act, fc2_weight)
 
@@ -81,13 +101,11 @@ class _StarMlpFunction(torch.autograd.Function):
         grad_w2 = grad.t().mm(act.reshape(-1, act.shape[-1])) if need_w2 else None
         if not (need_x or need_w1 or need_scale or need_bias):
             return None, None, grad_w2, None, None
-        g = grad.mm(fc2_weight)  # d loss / d act, a buffer of our own from here on
-        grad_bias = g.sum().view(1) if need_bias else None
-        g = g.mul_(r.reshape(g.shape))  # zero where fc1(x) <= 0: the ReLU's mask too
-        grad_scale = torch.dot(g.reshape(-1), r.reshape(-1)).view(1) if need_scale else None
-        g = g.mul_(2 * scale)  # d loss / d fc1(x)
-        grad_w1 = g.t().mm(x.reshape(-1, x.shape[-1])) if need_w1 else None
-        grad_x = g.mm(fc1_weight).view(x.shape) if need_x else None
+        # d loss / d act is a buffer of our own: the activation's backward runs in it
+        grad_h, grad_scale, grad_bias = _star_backward(grad.mm(fc2_weight), r.reshape(-1, r.shape[-1]), scale, True,
+                                                       need_x or need_w1, need_scale, need_bias)
+        grad_w1 = grad_h.t().mm(x.reshape(-1, x.shape[-1])) if need_w1 else None
+        grad_x = grad_h.mm(fc1_weight).view(x.shape) if need_x else None
         return grad_x, grad_w1, grad_w2, grad_scale, grad_bias
 
 
@@ -106,9 +124,8 @@ class StarMlp(Mlp):
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        plain = (not use_fused() or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-                 or (self.training and (self.drop1.p > 0 or self.drop2.p > 0))
-                 or self.act.scale.shape != (1,) or self.act.bias.shape != (1,))
+        plain = (not self.act.fusable() or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+                 or (self.training and (self.drop1.p > 0 or self.drop2.p > 0)))
         if plain:
             return super().forward(x)
         return _StarMlpFunction.apply(x, self.fc1.weight, self.fc2.weight, self.act.scale, self.act.bias)
