@@ -46,8 +46,9 @@ from .models import VARIANTS, create_backbone
 from .scaling import (CSV_COLUMNS as SCALING_CSV_COLUMNS, add_scaling_arguments, check_scaling, fit_growth,
                       measure_scaling, memory_limit_gb, plot_scaling)
 from .seg_benchmark import add_segmentation_arguments, measure_segmentation, segmentation_cells
-from .speed_benchmark import DEFAULT_SPEED_VARIANTS, Compile, Dtype, check_models, measure_speed
+from .speed_benchmark import DEFAULT_SPEED_VARIANTS, Compile, check_models, measure_speed
 from .testing import OFFICIAL_FILES
+from .timing import add_device_arguments
 
 __all__ = ['count_flops', 'measure_table', 'measure_speed', 'measure_segmentation_speed', 'measure_scaling',
            'format_table', 'main']
@@ -267,10 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument('--sizes', nargs='+', type=int, default=[224], metavar='N',
                        help='square input sizes (default: 224); the official v1 is timed at 224 only')
     speed.add_argument('--batch', type=int, default=8, help='images per iteration (default: 8)')
-    speed.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
-                       help='default: cuda when available')
-    speed.add_argument('--dtype', choices=get_args(Dtype), default='float32',
-                       help='bfloat16 runs under torch.autocast (default: float32)')
+    add_device_arguments(speed)
     speed.add_argument('--warmup', type=int, default=3, help='untimed iterations per model and size (default: 3)')
     speed.add_argument('--iters', type=int, default=10, help='timed iterations; the median is reported (default: 10)')
     speed.add_argument('--official-v1', metavar='PATH',

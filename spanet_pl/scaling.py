@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserInputError, check_choice
-from .speed_benchmark import Dtype, check_models, create_model, make_step
-from .timing import peak_memory_mb, sync, time_steps
+from .speed_benchmark import check_models, create_model, make_step
+from .timing import Dtype, add_device_arguments, peak_memory_mb, sync, time_steps
 
 __all__ = ['DEFAULT_SCALING_VARIANTS', 'CSV_COLUMNS', 'fit_exponent', 'fit_growth', 'fft_share', 'predict_memory_mb',
            'memory_limit_gb', 'check_scaling', 'measure_scaling', 'plot_scaling', 'add_scaling_arguments']
@@ -279,10 +279,7 @@ def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modes', nargs='+', choices=get_args(Mode), default=['inference'],
                         help='inference (no grad) and / or train (forward + cross-entropy backward + SGD step); '
                              'default inference')
-    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='default: cuda when available')
-    parser.add_argument('--dtype', choices=get_args(Dtype), default='float32',
-                        help='bfloat16 runs under torch.autocast (default: float32)')
+    add_device_arguments(parser)
     parser.add_argument('--channels-last', action='store_true', help='channels-last models and inputs')
     parser.add_argument('--warmup', type=int, default=1, help='untimed calls per model and configuration (default: 1)')
     parser.add_argument('--iters', type=int, default=3, help='timed calls; the median is reported (default: 3)')

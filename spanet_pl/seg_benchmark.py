@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import torch
 
 from .errors import check_choice
-from .timing import sync, time_steps
+from .timing import add_device_arguments, sync, time_steps
 
 if TYPE_CHECKING:
     from .tasks.segmentation import SegmentationModule
@@ -136,10 +136,7 @@ def add_segmentation_arguments(parser: argparse.ArgumentParser) -> None:
                         help='decode heads, timed interleaved (default: fpn upernet)')
     parser.add_argument('--size', type=int, default=512, help='square input size (default: 512, the recipes\' crop)')
     parser.add_argument('--batch', type=int, default=2, help='images per iteration (default: 2)')
-    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='default: cuda when available')
-    parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
-                        help='bfloat16 runs under torch.autocast (default: float32)')
+    add_device_arguments(parser)
     parser.add_argument('--warmup', type=int, default=1, help='untimed iterations per head (default: 1)')
     parser.add_argument('--iters', type=int, default=5, help='timed iterations; the median is reported (default: 5)')
     parser.add_argument('--train', action='store_true',

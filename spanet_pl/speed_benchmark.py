@@ -14,12 +14,11 @@ from tqdm import tqdm
 from .errors import check_choice
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
 from .testing import build_official, official_weights, seeded_input
-from .timing import peak_memory_mb, time_steps
+from .timing import Dtype, peak_memory_mb, time_steps
 
 __all__ = ['DEFAULT_SPEED_VARIANTS', 'Dtype', 'create_model', 'make_step', 'check_models', 'measure_speed']
 
 DEFAULT_SPEED_VARIANTS = ('spanet_small', 'spanetv2_s18_pure', 'spanetv2_s18_hybrid')
-Dtype = Literal['float32', 'bfloat16']
 Compile = Literal['off', 'on', 'both']
 Mode = Literal['inference', 'train', 'latency']
 OFFICIAL_V1_SIZE = 224  # the official v1 re-assigns its fixed filters in forward, which raises at any other size

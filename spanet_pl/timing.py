@@ -1,17 +1,28 @@
 """Timing and memory of benchmark steps, shared by the classification and segmentation benchmarks: steps timed
 interleaved (every model sees the same machine load), and the peak memory of one step (CUDA allocator or CPU
 resident set)."""
+import argparse
 import ctypes
 import gc
 import os
 import statistics
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Literal, Optional, get_args
 
 import torch
 
-__all__ = ['sync', 'time_steps', 'peak_memory_mb']
+__all__ = ['Dtype', 'add_device_arguments', 'sync', 'time_steps', 'peak_memory_mb']
+
+Dtype = Literal['float32', 'bfloat16']
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` and ``--dtype`` options every benchmark subcommand takes."""
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='default: cuda when available')
+    parser.add_argument('--dtype', choices=get_args(Dtype), default='float32',
+                        help='bfloat16 runs under torch.autocast (default: float32)')
 
 
 def sync(device: torch.device):
