@@ -21,22 +21,25 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserInputError, check_choice
+from .models.dft import DFT_EVENT
 from .speed_benchmark import check_models, create_model, make_step
 from .timing import Dtype, add_device_arguments, peak_memory_mb, sync, time_steps
 
-__all__ = ['DEFAULT_SCALING_VARIANTS', 'CSV_COLUMNS', 'fit_exponent', 'fit_growth', 'fft_share', 'predict_memory_mb',
+__all__ = ['DEFAULT_SCALING_VARIANTS', 'CSV_COLUMNS', 'fit_exponent', 'fit_growth', 'spectral_share', 'predict_memory_mb',
            'memory_limit_gb', 'check_scaling', 'measure_scaling', 'plot_scaling', 'add_scaling_arguments']
 
 DEFAULT_SCALING_VARIANTS = ('spanet_small', 'spanetv2_s18_pure')
 Mode = Literal['inference', 'train']
 FFT_OPS = 'aten::_fft'  # the FFT kernels' ops: _fft_r2c, _fft_c2r, _fft_c2c (forward and backward)
+# the spectral filter's DFT-matrix form (dft.py): its forward scope and its backward node, each timed with its children
+DFT_EVENTS = (DFT_EVENT, '_DftFilterFunctionBackward')
 MIN_SIZE = 32  # the backbones downsample 32x
 MEMORY_FRACTION = 0.8
 # CSV header -> row key: one line per model x size x batch x mode; the fitted exponent repeats on every line of its
 # model x batch x mode
 CSV_COLUMNS = {'model': 'model', 'mode': 'mode', 'batch': 'batch', 'size': 'size', 'pixels': 'pixels',
                's/call': 'seconds', 'img/s': 'img_s', 'ms/image': 'ms_image', 'peak memory MB': 'peak_memory_mb',
-               'predicted memory MB': 'predicted_memory_mb', 'FFT share': 'fft_share', 'time exponent a': 'exponent',
+               'predicted memory MB': 'predicted_memory_mb', 'spectral share': 'spectral_share', 'time exponent a': 'exponent',
                'note': 'note'}
 
 
@@ -67,9 +70,11 @@ def fit_growth(rows: Sequence[dict]) -> List[dict]:
     return fits
 
 
-def fft_share(step: Callable, device: torch.device) -> float:
-    """Self time of the FFT ops (names starting ``aten::_fft``) over the self time of all ops, in one call of ``step``
-    under ``torch.profiler``: CPU time on the CPU; on CUDA, the time of the kernels on the device."""
+def spectral_share(step: Callable, device: torch.device) -> float:
+    """Share of the op time spent in the spectral filters, in one call of ``step`` under ``torch.profiler``: the self
+    time of the FFT ops (names starting ``aten::_fft``) plus the total time of the DFT-matrix filter's forward scope
+    and backward node (``dft.py``, the CPU form for maps up to ``DFT_MAX_SIDE``), over the self time of all ops. CPU
+    time on the CPU; on CUDA (FFTs only there), the time of the kernels on the device."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     # Kineto logs two lines per profile at its highest level (and, on a machine without a GPU, an error about it);
@@ -84,11 +89,12 @@ def fft_share(step: Callable, device: torch.device) -> float:
     if cuda:  # a CPU op's self device time is its kernels' time; the kernels' own events add up to the total
         total = sum(e.self_device_time_total for e in events
                     if e.device_type != DeviceType.CPU and not e.is_user_annotation)
-        fft = sum(e.self_device_time_total for e in events if e.key.startswith(FFT_OPS))
+        spectral = sum(e.self_device_time_total for e in events if e.key.startswith(FFT_OPS))
     else:
         total = sum(e.self_cpu_time_total for e in events)
-        fft = sum(e.self_cpu_time_total for e in events if e.key.startswith(FFT_OPS))
-    return fft / total if total > 0 else 0.0
+        spectral = (sum(e.self_cpu_time_total for e in events if e.key.startswith(FFT_OPS))
+                    + sum(e.cpu_time_total for e in events if e.key in DFT_EVENTS))
+    return spectral / total if total > 0 else 0.0
 
 
 def predict_memory_mb(measured: Dict[int, float], load: int) -> Optional[float]:
@@ -147,7 +153,7 @@ def measure_scaling(
         max_memory_gb: Optional[float] = None,
         progress: bool = True,
 ) -> List[dict]:
-    """Time, peak memory and FFT share of every model at every size, batch and mode, with the time exponents.
+    """Time, peak memory and spectral share of every model at every size, batch and mode, with the time exponents.
 
     Args:
         variants: our variant names and / or timm model names (default: spanet_small, spanetv2_s18_pure).
@@ -164,7 +170,7 @@ def measure_scaling(
     Returns:
         One dict per model x mode x batch x size (in that order): model, mode, batch, size, pixels, seconds (median
         per call), img_s, ms_image, peak_memory_mb (``spanet_pl.timing.peak_memory_mb``), predicted_memory_mb,
-        fft_share (0..1), exponent (``fit_growth``) and note (why a configuration was skipped); a skipped
+        spectral_share (0..1), exponent (``fit_growth``) and note (why a configuration was skipped); a skipped
         configuration has None for what was not measured.
     """
     names = check_scaling(variants, sizes, batches, modes, device, dtype, warmup, iters, max_memory_gb)
@@ -199,7 +205,7 @@ def measure_scaling(
         for name in names:
             predicted = predict_memory_mb(measured[name, mode], load)
             row = dict(model=name, mode=mode, batch=batch, size=size, pixels=size ** 2, seconds=None, img_s=None,
-                       ms_image=None, peak_memory_mb=None, predicted_memory_mb=predicted, fft_share=None,
+                       ms_image=None, peak_memory_mb=None, predicted_memory_mb=predicted, spectral_share=None,
                        exponent=None, note=None)
             rows.append(row)
             if limit_gb is not None and predicted is not None and predicted > limit_gb * 1024:
@@ -211,7 +217,7 @@ def measure_scaling(
         for (row, step), seconds in zip(entries, time_steps([e[1] for e in entries], warmup, iters, dev)):
             peak = peak_memory_mb(step, dev)
             row.update(seconds=seconds, img_s=batch / seconds, ms_image=seconds * 1e3 / batch, peak_memory_mb=peak,
-                       fft_share=fft_share(step, dev))
+                       spectral_share=spectral_share(step, dev))
             if peak is not None and peak > 0:
                 measured[row['model'], mode][load] = peak
         x = entries = step = None  # the input and the steps' optimizers go before the next configuration's

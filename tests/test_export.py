@@ -38,15 +38,6 @@ def test_onnx_nano_in_onnxruntime(tmp_path):
     assert check_export(network, 'onnx', out, torch.randn(3, 3, 64, 64)) <= 1e-4
 
 
-def test_dft_matrices_equal_the_fft():
-    from spanet_pl.models.dft import dft_filter
-    from spanet_pl.models.spectral import spectral_filter
-    for height, width in ((56, 56), (7, 7), (14, 9), (5, 4), (1, 1)):
-        x, weight = torch.randn(2, height, width, 6), torch.rand(height, width // 2 + 1, 6)
-        torch.testing.assert_close(dft_filter(x, weight), spectral_filter(x, weight, channels_last=True),
-                                   atol=2e-6, rtol=0)
-
-
 def test_torchscript_classification_run(tmp_path, capsys):
     ckpt = write_run(tmp_path / 'run', backbone_kwargs={'spectral_filter': True})
     out = tmp_path / 'model.pt'

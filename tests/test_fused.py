@@ -1,4 +1,6 @@
 """The eager-mode fusions and custom backward passes compute what the plain expressions compute, gradients included."""
+import contextlib
+
 import pytest
 import torch
 import torch.fx
@@ -9,6 +11,7 @@ from spanet_pl.models import ExSPAM
 from timm.layers import Mlp
 
 from spanet_pl.models.fused import StarMlp, StarReLU, _StarMlpFunction, _StarReLUFunction, scale_add, use_fused
+from spanet_pl.models.dft import matmul_dft
 from spanet_pl.models.spectral import spectral_filter
 
 
@@ -39,18 +42,25 @@ def test_scale_add():
     torch.testing.assert_close(scale_add(x, s, y), x * s + y)
 
 
+# the CPU's two forms of the filter: DFT matrices (the default on small maps, dft.py) and FFTs
+FORMS = {'dft': contextlib.nullcontext, 'fft': lambda: matmul_dft(False)}
+
+
+@pytest.mark.parametrize('form', FORMS)
 @pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('size', [(6, 6), (5, 7), (4, 5)])  # even and odd widths (Nyquist bin or none)
-def test_spectral_filter_gradcheck_float64(size, channels_last):
+def test_spectral_filter_gradcheck_float64(size, channels_last, form):
     x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     w = torch.rand(3, size[0], size[1] // 2 + 1, dtype=torch.float64, requires_grad=True)
     if channels_last:
         x, w = x.detach().permute(0, 2, 3, 1).requires_grad_(), w.detach().permute(1, 2, 0).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: spectral_filter(a, b, channels_last=channels_last), (x, w))
+    with FORMS[form]():
+        assert torch.autograd.gradcheck(lambda a, b: spectral_filter(a, b, channels_last=channels_last), (x, w))
 
 
+@pytest.mark.parametrize('form', FORMS)
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_spectral_filter_equals_textbook_expression(channels_last):
+def test_spectral_filter_equals_textbook_expression(channels_last, form):
     """Values and gradients equal the plain rfft2 / irfft2 over the layout's spatial dims; channels-last output is
     channels-last in memory too (the layers after it read it without copies)."""
     x = torch.randn(3, 4, 9, 10)
@@ -62,7 +72,8 @@ def test_spectral_filter_equals_textbook_expression(channels_last):
     for ours in (True, False):
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
         if ours:
-            out = spectral_filter(xr, wr, channels_last=channels_last)
+            with FORMS[form]():
+                out = spectral_filter(xr, wr, channels_last=channels_last)
             assert out.is_contiguous()
         else:
             out = torch.fft.irfft2(torch.fft.rfft2(xr, dim=dims, norm='ortho') * wr, s=[x.shape[d] for d in dims],

@@ -1,4 +1,4 @@
-"""The scaling benchmark: the growth fit and the memory prediction on known answers, the FFT share, the skipping of a
+"""The scaling benchmark: the growth fit and the memory prediction on known answers, the spectral share, the skipping of a
 configuration predicted over the memory limit, and the command line (table, CSV, plot, one-line errors)."""
 import csv
 
@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from spanet_pl import scaling
 from spanet_pl.benchmark import main
-from spanet_pl.scaling import CSV_COLUMNS, fft_share, fit_exponent, fit_growth, measure_scaling, predict_memory_mb
+from spanet_pl.models.spectral import spectral_filter
+from spanet_pl.scaling import CSV_COLUMNS, fit_exponent, fit_growth, measure_scaling, predict_memory_mb, spectral_share
 
 CPU = torch.device('cpu')
 
@@ -38,16 +39,20 @@ def test_memory_prediction_is_linear_from_the_largest_measured_load():
     assert predict_memory_mb({1024: 10.0, 4096: 30.0}, 16384) == pytest.approx(120.0)
 
 
-def test_fft_share_of_a_module_with_and_without_ffts():
+def test_spectral_share_of_a_module_with_ffts_dft_matrices_or_neither():
     conv = nn.Conv2d(8, 8, 3, padding=1)
+    weight = torch.rand(8, 32, 17, requires_grad=True)
 
     class Filtered(nn.Module):
         def forward(self, x):
             return torch.fft.irfft2(torch.fft.rfft2(conv(x)), s=x.shape[-2:])
     x = torch.randn(2, 8, 32, 32)
     with torch.no_grad():
-        assert 0 < fft_share(lambda: Filtered()(x), CPU) < 1
-        assert fft_share(lambda: conv(x), CPU) == 0
+        assert 0 < spectral_share(lambda: Filtered()(x), CPU) < 1
+        assert spectral_share(lambda: conv(x), CPU) == 0
+    # the CPU's DFT-matrix form of spectral_filter at 32 px, forward and backward
+    share = spectral_share(lambda: spectral_filter(conv(x), weight).sum().backward(), CPU)
+    assert 0.1 < share < 1
 
 
 def test_a_configuration_predicted_over_the_limit_is_skipped(monkeypatch):
@@ -72,7 +77,7 @@ def test_a_configuration_predicted_over_the_limit_is_skipped(monkeypatch):
     assert all(r['seconds'] > 0 and r['peak_memory_mb'] == 10 * r['batch'] * r['size'] ** 2 / 32 ** 2
                for r in rows[:3])
     assert rows[3]['note'] == 'skipped: predicted 0.0781 GB > limit 0.05 GB'
-    assert rows[3]['seconds'] is None and rows[3]['peak_memory_mb'] is None and rows[3]['fft_share'] is None
+    assert rows[3]['seconds'] is None and rows[3]['peak_memory_mb'] is None and rows[3]['spectral_share'] is None
     assert (2, 3, 64, 64) not in calls
     assert rows[0]['exponent'] is not None and rows[2]['exponent'] is None  # batch 2: one measured size
 
@@ -82,7 +87,7 @@ def test_cli_table_csv_and_plot(tmp_path, capsys):
     main(['scaling', '--variants', 'spanet_nano', 'test_convnext', '--sizes', '64', '32', '--batch', '1', '2',
           '--warmup', '0', '--iters', '1', '--device', 'cpu', '--csv', str(out), '--plot', str(png)])
     printed = capsys.readouterr().out
-    assert 'FFT %' in printed and 'predicted MB' in printed and 'time per call ~ pixels^a' in printed
+    assert 'spectral %' in printed and 'predicted MB' in printed and 'time per call ~ pixels^a' in printed
     with open(out) as f:
         reader = csv.reader(f)
         header, lines = next(reader), list(reader)
@@ -94,7 +99,7 @@ def test_cli_table_csv_and_plot(tmp_path, capsys):
         assert r['mode'] == 'inference' and int(r['pixels']) == int(r['size']) ** 2 and r['note'] == ''
         assert float(r['s/call']) > 0 and float(r['img/s']) > 0 and float(r['peak memory MB']) >= 0
         assert float(r['ms/image']) == pytest.approx(1e3 * float(r['s/call']) / int(r['batch']), rel=1e-3)
-        share = float(r['FFT share'])
+        share = float(r['spectral share'])
         assert 0 < share < 1 if r['model'] == 'spanet_nano' else share == 0
     exponents = {(r['model'], r['batch']): r['time exponent a'] for r in rows}
     assert len(exponents) == 4 and all(a != '' for a in exponents.values())

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserInputError
-from .dft import dft_filter, matmul_dft_enabled
+from .dft import at_least_fp32, dft_filter, matmul_dft_forced
 
 __all__ = [
     'DEFAULT_LAMBDAS', 'chunk_sizes', 'signed_frequencies', 'circular_mask', 'spam_masks',
-    'spectral_filter', 'resize_filter',
+    'spectral_filter', 'resize_filter', 'DFT_MAX_SIDE',
 ]
 
 # The official SPANet builds its λ list with torch.arange(0.7, 0.9, 0.1): three float32 values (0.7, 0.8, ~0.9).
@@ -108,9 +108,9 @@ def spam_masks(
         torch.device(device or 'cpu'))
 
 
-def _at_least_fp32(t: Tensor) -> Tensor:
-    # fp16 / bf16 up to fp32; fp64 (gradcheck) stays fp64
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+# The DFT-matrix filter (dft.py) on maps up to this side: faster than pocketfft there on the CPU (1.4x at 56, 3x at
+# 7, forward + backward); FFTs beyond, and on other devices (not measured there).
+DFT_MAX_SIDE = 64
 
 
 def _filter(x: Tensor, weight: Tensor) -> Tensor:
@@ -121,12 +121,18 @@ def _filter(x: Tensor, weight: Tensor) -> Tensor:
 
 
 @torch.jit.unused  # eager, FX and torch.export only; TorchScript takes the fp32 expression below
-def _filter_eager(x: Tensor, weight: Tensor) -> Tensor:
-    if matmul_dft_enabled():  # exporting to ONNX: DFT matrices instead of slow DFT nodes (dft.py)
-        return dft_filter(x.permute(0, 2, 3, 1), weight.permute(1, 2, 0)).permute(0, 3, 1, 2)
+def _filter_fft(x: Tensor, weight: Tensor) -> Tensor:
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = _at_least_fp32(x)
+        xf = at_least_fp32(x)
         return _filter(xf, weight.to(xf.dtype)).to(x.dtype)
+
+
+@torch.jit.unused
+def _use_dft(x: Tensor, height: int, width: int) -> bool:
+    forced = matmul_dft_forced()
+    if forced is not None:  # exporting to ONNX: the form asked for
+        return forced
+    return x.device.type == 'cpu' and max(height, width) <= DFT_MAX_SIDE
 
 
 def spectral_filter(x: Tensor, weight: Tensor, channels_last: bool = False) -> Tensor:
@@ -135,20 +141,27 @@ def spectral_filter(x: Tensor, weight: Tensor, channels_last: bool = False) -> T
     Args:
         x: (B, C, H, W), or with ``channels_last`` (B, H, W, C).
         weight: (C, H, W//2+1), or with ``channels_last`` (H, W//2+1, C).
-        channels_last: the layout of both; the output has the layout and the memory order of ``x``.
+        channels_last: the layout of both; the output has the layout of ``x`` and, but for NCHW maps in
+            channels-last memory (SPANet's), contiguous memory in that layout.
 
-    The transforms run in fp32 whatever the input dtype (and with autocast off), then cast back. They run over
-    contiguous NCHW memory: a channels-last map is transposed once each way, which costs less than the strided
-    passes FFT over the middle dims of (B, H, W, C) makes, and leaves the output in the memory order the channels-last
-    layers after it read without copies. Autograd's backward of the two transforms is the fastest we measured (a
-    custom self-adjoint backward was ~15% slower on CPU).
+    The transforms run in at least fp32 whatever the input dtype (and with autocast off), then cast back. On the
+    CPU, maps up to ``DFT_MAX_SIDE`` run as DFT-matrix products over channels-last memory (dft.py); larger maps and
+    other devices run rfft2 / irfft2 over contiguous NCHW memory with autograd's backward.
     """
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+    if not torch.jit.is_scripting() and _use_dft(x, height, width):
+        out = dft_filter(x if channels_last else x.permute(0, 2, 3, 1),
+                         weight if channels_last else weight.permute(1, 2, 0))
+        if channels_last:
+            return out
+        out = out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
     x_n = x.permute(0, 3, 1, 2) if channels_last else x
     w_n = weight.permute(2, 0, 1) if channels_last else weight
     if torch.jit.is_scripting():
         out = _filter(x_n.contiguous().float(), w_n.float()).to(x.dtype)
     else:
-        out = _filter_eager(x_n.contiguous(), w_n)
+        out = _filter_fft(x_n.contiguous(), w_n)
     if channels_last:
         return out.permute(0, 2, 3, 1).contiguous()
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
