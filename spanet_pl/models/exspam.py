@@ -192,18 +192,18 @@ class ExSPAM(nn.Module):
 
     def _context_per_head(self, x: Tensor) -> Tensor:
         # one conv per head at its own kernel size: the depthwise weight gradient costs ~k^2 per channel, so
-        # zero-padding 3/5/7 to 9 would double it. The heads' NCHW outputs are stacked straight into the NCHW
-        # memory the FFT runs on (one copy), and the filtered map comes back channels-last for the projection.
+        # zero-padding 3/5/7 to 9 would double it. The heads' outputs are stacked straight into channels-last memory
+        # in the order of head_layout (one copy), which the spectral filter and the projection read as they are.
         ctx = self.ctx(x).permute(0, 3, 1, 2)
         parts = ctx.chunk(self.num_heads, 1)
         heads: List[Tensor] = []
         for i, conv in enumerate(self.local_convs):
-            heads.append(conv(parts[i]))
-        ctx = torch.stack(heads, 2).flatten(1, 2) if self.head_layout == 'interleave' else torch.cat(heads, 1)
+            heads.append(conv(parts[i]).permute(0, 2, 3, 1))
+        ctx = torch.stack(heads, -1).flatten(-2) if self.head_layout == 'interleave' else torch.cat(heads, -1)
         srf = self._srf_like(x)
         if srf is not None:
-            ctx = spectral_filter(ctx, srf)
-        return ctx.permute(0, 2, 3, 1).contiguous()
+            ctx = spectral_filter(ctx, srf.permute(1, 2, 0), channels_last=True)
+        return ctx
 
     @torch.jit.unused
     def _context_eager(self, x: Tensor) -> Tensor:
