@@ -199,11 +199,16 @@ def _environment(device: str, load_before: float) -> dict:
                 load_avg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
 
 
+def _isolated(settings: dict) -> bool:
+    return settings['device'] == 'cpu' if settings.get('isolate') is None else settings['isolate']
+
+
 def _print_speed(rows: List[dict], settings: dict, environment: dict):
     print(f'# images/s (median of {settings["iters"]} interleaved iterations after {settings["warmup"]} warm-up): '
           f'batch {settings["batch"]}, {settings["dtype"]}, {environment["device"]} ({settings["device"]}, '
           f'{environment["threads"]} threads), torch {environment["torch"]}, channels_last={settings["channels_last"]}, '
-          f'compile={settings["compile"]}' + (f' ({settings["compile_mode"]})' if settings["compile_mode"] else ''))
+          f'compile={settings["compile"]}' + (f' ({settings["compile_mode"]})' if settings["compile_mode"] else '')
+          + (', one process per model' if _isolated(settings) else ', all models in one process'))
     print('# 1-min load average before: {} (after, this run included: {}) on {} cores'.format(
         *environment['load_avg_1min'], environment['cpu_count']))
     cells = [[r['model'], str(r['size']), r['mode'], str(r['batch']), _fmt(r['img_s'], '.2f'), _fmt(r['ms_iter'], '.1f'),
@@ -291,6 +296,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the model the ratio column divides by, e.g. 'caformer_s18' or "
                             "'spanet_small (official)' (default: the first)")
     speed.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory call')
+    speed.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=None,
+                       help='every model in a worker process of its own, iterations still interleaved, so that no '
+                            "model's time depends on another's heap (default: on for the CPU, off for CUDA)")
     speed.add_argument('--csv', type=Path, metavar='FILE',
                        help='also write one line per model x size x mode: ' + ', '.join(CSV_COLUMNS))
     speed.add_argument('--json', type=Path, metavar='PATH', help='also write the results as JSON')
@@ -338,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None):
         sizes=args.sizes, batch=args.batch, device=args.device, dtype=args.dtype, warmup=args.warmup, iters=args.iters,
         official_v1=args.official_v1, official_v2=args.official_v2, channels_last=args.channels_last,
         compile=args.compile, compile_mode=args.compile_mode, train=args.train, modes=args.modes,
-        latency=args.latency, baseline=args.baseline, memory=args.memory)
+        latency=args.latency, baseline=args.baseline, memory=args.memory, isolate=args.isolate)
     load_before = os.getloadavg()[0]
     rows = measure_speed(args.variants, **settings)
     environment = _environment(args.device, load_before)

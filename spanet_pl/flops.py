@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .models.dft import matmul_dft
+
 __all__ = ['count_flops', 'FFT_OPS']
 
 aten = torch.ops.aten
@@ -49,10 +51,12 @@ EXTRA_OPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> Dict[str, int]:
-    """FLOPs of one eval forward of ``model`` on ``x``: 'dense' (FlopCounterMode's ops) and 'fft' (analytic)."""
+    """FLOPs of one eval forward of ``model`` on ``x``: 'dense' (FlopCounterMode's ops) and 'fft' (analytic). The
+    spectral filters count as the FFTs they stand for, whichever form runs them (the CPU's DFT-matrix products would
+    otherwise count as dense GEMMs)."""
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping={**FFT_OPS, **EXTRA_OPS})
-    with torch.no_grad(), counter:
+    with torch.no_grad(), matmul_dft(False), counter:
         model(x)
     counts = counter.get_flop_counts()['Global']
     fft = sum(v for op, v in counts.items() if op in FFT_OPS)

@@ -3,6 +3,7 @@ our variants, any timm model and, given a local clone, the official code, every 
 (``spanet_pl.timing``) so that all see the same machine load."""
 import gc
 import sys
+from dataclasses import dataclass
 from typing import Callable, List, Literal, Optional, Sequence
 
 import timm
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from .errors import check_choice
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
 from .testing import build_official, official_weights, seeded_input
+from .isolation import StepWorker, time_isolated
 from .timing import Dtype, peak_memory_mb, time_steps
 
 __all__ = ['DEFAULT_SPEED_VARIANTS', 'Dtype', 'create_model', 'make_step', 'check_models', 'measure_speed']
@@ -55,6 +57,36 @@ def create_model(name: str) -> nn.Module:
     return create_backbone(name) if name in VARIANTS else timm.create_model(name)
 
 
+@dataclass(frozen=True)
+class SpeedStep:
+    """A picklable recipe for one model's timed step, built afresh in a worker process (``isolation``): our variant
+    or a timm model ``name``, or with ``official_root`` the official model of that variant (its seeded weights)."""
+    name: str
+    size: int
+    batch: int
+    train: bool
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: Optional[str] = None
+    device: str = 'cpu'
+    official_root: Optional[str] = None
+
+    def __call__(self) -> Callable:
+        dev = torch.device(self.device)
+        if self.official_root is not None:
+            model = build_official(_family(self.name), self.name, self.official_root)
+            model.load_state_dict(official_weights(model, _family(self.name), SEED))
+        else:
+            model = create_model(self.name)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(dev).to(memory_format=memory_format).train(self.train)
+        x = torch.randn(self.batch, 3, self.size, self.size, device=dev).contiguous(memory_format=memory_format)
+        run = torch.compile(model, mode=self.compile_mode) if self.compile else model
+        return make_step(run, x, self.train, list(model.parameters()), self.amp,
+                         getattr(model, 'num_classes', 1000) or 1000)
+
+
 def check_models(names: Optional[Sequence[str]]) -> List[str]:
     """Our variants and any timm model name (the peers: caformer_s18, convnext_tiny, ...)."""
     names = list(names) if names else list(DEFAULT_SPEED_VARIANTS)
@@ -87,6 +119,7 @@ def measure_speed(
         baseline: Optional[str] = None,
         memory: bool = True,
         progress: bool = True,
+        isolate: Optional[bool] = None,
 ) -> List[dict]:
     """Throughput, time per iteration and peak memory of our models, any timm models and, where a clone is given,
     the official ones, all iterations of one (size, mode) interleaved so that every model sees the same load.
@@ -111,6 +144,8 @@ def measure_speed(
         baseline: the model whose img/s the ``ratio`` column divides by (a row's ``model``; default the first).
         memory: measure each step's peak memory (one extra call per model).
         progress: show a tqdm bar (stderr).
+        isolate: every model in a worker process of its own, iterations still interleaved (``isolation``): no model
+            sees another's heap. Default: on the CPU (where a shared heap skews the comparison), not on CUDA.
     Returns:
         One dict per (model, size, mode): model (our variant, ``<variant> (official)``, a timm name; ``+compile``
         when compiled), size, mode, batch, img_s, ms_iter, peak_memory_mb, ratio, max_abs_logit_diff (ours vs
@@ -132,17 +167,16 @@ def measure_speed(
         torch.backends.cudnn.benchmark = True
     roots = {'v1': official_v1, 'v2': official_v2}
     amp = dtype == 'bfloat16'
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     names = check_models(variants)
 
     # every model built once, up front: (label, module, our variant it mirrors or None, note)
     models, pairs = [], []
     for name in names:
         if name not in VARIANTS:
-            models.append(dict(label=name, module=create_model(name).to(dev), note=None))
+            models.append(dict(label=name, name=name, module=create_model(name).to(dev), note=None))
             continue
         ours = create_model(name).to(dev)
-        models.append(dict(label=name, module=ours, note=None))
+        models.append(dict(label=name, name=name, module=ours, note=None))
         root = roots[_family(name)]
         if root is None:
             models[-1]['note'] = f'no --official-{_family(name)}'
@@ -150,13 +184,14 @@ def measure_speed(
             models[-1]['note'] = 'no official counterpart'
         else:
             official = build_official(_family(name), name, root).to(dev)
-            models.append(dict(label=f'{name} (official)', module=official, note=None, family=_family(name),
-                               weights=official_weights(official, _family(name), SEED)))
+            models.append(dict(label=f'{name} (official)', name=name, root=str(root), module=official, note=None,
+                               family=_family(name), weights=official_weights(official, _family(name), SEED)))
             pairs.append((models[-2], models[-1]))
     if baseline is not None and baseline not in [m['label'] for m in models]:
         check_choice(baseline, [m['label'] for m in models], 'baseline')
     baseline = baseline or models[0]['label']
     compiled = {'off': [False], 'on': [True], 'both': [False, True]}[compile]
+    isolate = dev.type == 'cpu' if isolate is None else isolate
 
     rows = []
     bar = tqdm(total=len(sizes) * len(modes), desc='speed', disable=not progress, file=sys.stderr)
@@ -179,30 +214,20 @@ def measure_speed(
         for mode in modes:
             bar.set_postfix_str(f'{size} {mode}')
             train_mode, n = mode == 'train', 1 if mode == 'latency' else batch
-            x = torch.randn(n, 3, size, size, device=dev).contiguous(memory_format=memory_format)
             entries = []
             for spec in models:
                 if spec['label'] in skip:
                     continue
-                model = spec['module'].to(memory_format=memory_format).train(train_mode)
                 for with_compile in compiled:
-                    run = torch.compile(model, mode=compile_mode) if with_compile else model
                     label = spec['label'] + ('+compile' if with_compile else '')
-                    step = make_step(run, x, train_mode, list(model.parameters()), amp,
-                                      getattr(model, 'num_classes', 1000) or 1000)
-                    note = spec['note']
-                    if '(official)' in label or with_compile:
-                        try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
-                            step()
-                        except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
-                            rows.append(_speed_row(label, size, mode, n, None, None, diffs.get(spec['label']),
-                                                   f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}'))
-                            continue
-                    entries.append((label, step, diffs.get(spec['label']), note))
-            seconds = time_steps([e[1] for e in entries], warmup, iters, dev)
-            for (label, step, diff, note), sec in zip(entries, seconds):
-                rows.append(_speed_row(label, size, mode, n, sec, peak_memory_mb(step, dev) if memory else None,
-                                       diff, note))
+                    recipe = SpeedStep(spec['name'], size, n, train_mode, amp, channels_last, with_compile,
+                                       compile_mode, str(dev), spec.get('root'))
+                    entries.append(dict(label=label, recipe=recipe, module=spec['module'], diff=diffs.get(
+                        spec['label']), note=spec['note'], trial='(official)' in label or with_compile))
+            results = (_time_isolated if isolate else _time_in_process)(entries, warmup, iters, memory, dev)
+            for entry, (sec, mem, failure) in zip(entries, results):
+                rows.append(_speed_row(entry['label'], size, mode, n, sec, mem, entry['diff'],
+                                       failure or entry['note']))
             bar.update()
     bar.close()
     for row in rows:
@@ -215,6 +240,46 @@ def measure_speed(
     if dev.type == 'cuda':
         torch.cuda.empty_cache()
     return rows
+
+
+def _failure(e: Exception) -> str:
+    return f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'
+
+
+def _time_in_process(entries: List[dict], warmup: int, iters: int, memory: bool, dev: torch.device) -> List[tuple]:
+    """(seconds, peak MB, failure note) per entry, every model in this process, iterations interleaved."""
+    steps, results = [], []
+    for entry in entries:
+        recipe = entry['recipe']
+        memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        model = entry['module'].to(memory_format=memory_format).train(recipe.train)
+        x = torch.randn(recipe.batch, 3, recipe.size, recipe.size, device=dev).contiguous(memory_format=memory_format)
+        run = torch.compile(model, mode=recipe.compile_mode) if recipe.compile else model
+        step = make_step(run, x, recipe.train, list(model.parameters()), recipe.amp,
+                         getattr(model, 'num_classes', 1000) or 1000)
+        failure = None
+        if entry['trial']:
+            try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
+                step()
+            except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
+                failure = _failure(e)
+        steps.append(None if failure else step)
+        results.append(failure)
+    seconds = iter(time_steps([s for s in steps if s is not None], warmup, iters, dev))
+    return [(None, None, failure) if step is None else
+            (next(seconds), peak_memory_mb(step, dev) if memory else None, None)
+            for step, failure in zip(steps, results)]
+
+
+def _time_isolated(entries: List[dict], warmup: int, iters: int, memory: bool, dev: torch.device) -> List[tuple]:
+    """(seconds, peak MB, failure note) per entry, every model in a worker process of its own."""
+    workers = [StepWorker(entry['recipe'], str(dev)) for entry in entries]
+    try:
+        timed = time_isolated(workers, warmup, iters, memory)
+    finally:
+        for worker in workers:
+            worker.close()
+    return [(sec, mem, None if w.error is None else f'failed: {w.error}') for w, (sec, mem) in zip(workers, timed)]
 
 
 def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
