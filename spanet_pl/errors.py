@@ -2,7 +2,7 @@
 import difflib
 from typing import Any, Sequence, Union, get_args
 
-__all__ = ['UserInputError', 'MissingPathError', 'check_choice']
+__all__ = ['UserInputError', 'MissingPathError', 'check_choice', 'one_line']
 
 
 class UserInputError(ValueError):
@@ -11,6 +11,12 @@ class UserInputError(ValueError):
 
 class MissingPathError(UserInputError, FileNotFoundError):
     """A file or folder named in the configuration does not exist (or lacks what it must hold)."""
+
+
+def one_line(error: BaseException, limit: int = 80) -> str:
+    """``'<ExceptionType>: <first line of its message, at most limit characters>'``: a failure as a table note."""
+    message = str(error)
+    return f'{type(error).__name__}: {message.splitlines()[0][:limit] if message else ""}'
 
 
 def check_choice(value: Any, choices: Union[Any, Sequence], what: str) -> Any:

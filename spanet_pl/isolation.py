@@ -10,12 +10,12 @@ same load, none sees another's heap.
 """
 import multiprocessing
 import statistics
-import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .timing import peak_memory_mb, sync
+from .errors import one_line
+from .timing import peak_memory_mb, sync, timed_call
 
 __all__ = ['StepWorker', 'time_isolated']
 
@@ -29,18 +29,14 @@ def _serve(factory: Callable[[], Callable], device: str, threads: int, conn) -> 
         step()
         sync(dev)
     except Exception as e:  # noqa: BLE001  (reported by the coordinator, which goes on with the other models)
-        conn.send(('error', f'{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'))
+        conn.send(('error', one_line(e)))
         conn.close()
         return
     conn.send(('ready', None))
     while True:
         command = conn.recv()
         if command == 'step':
-            sync(dev)
-            start = time.perf_counter()
-            step()
-            sync(dev)
-            conn.send(time.perf_counter() - start)
+            conn.send(timed_call(step, dev))
         elif command == 'memory':
             conn.send(peak_memory_mb(step, dev))
         else:

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .errors import check_choice
+from .errors import check_choice, one_line
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
 from .testing import build_official, official_weights, seeded_input
 from .isolation import StepWorker, time_isolated
@@ -73,12 +73,16 @@ class SpeedStep:
     official_root: Optional[str] = None
 
     def __call__(self) -> Callable:
-        dev = torch.device(self.device)
         if self.official_root is not None:
             model = build_official(_family(self.name), self.name, self.official_root)
             model.load_state_dict(official_weights(model, _family(self.name), SEED))
         else:
             model = create_model(self.name)
+        return self.step_for(model)
+
+    def step_for(self, model: nn.Module) -> Callable:
+        """The timed step of an already built ``model`` (moved to the device, memory format and mode of the recipe)."""
+        dev = torch.device(self.device)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         model = model.to(dev).to(memory_format=memory_format).train(self.train)
         x = torch.randn(self.batch, 3, self.size, self.size, device=dev).contiguous(memory_format=memory_format)
@@ -242,27 +246,17 @@ def measure_speed(
     return rows
 
 
-def _failure(e: Exception) -> str:
-    return f'failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'
-
-
 def _time_in_process(entries: List[dict], warmup: int, iters: int, memory: bool, dev: torch.device) -> List[tuple]:
     """(seconds, peak MB, failure note) per entry, every model in this process, iterations interleaved."""
     steps, results = [], []
     for entry in entries:
-        recipe = entry['recipe']
-        memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-        model = entry['module'].to(memory_format=memory_format).train(recipe.train)
-        x = torch.randn(recipe.batch, 3, recipe.size, recipe.size, device=dev).contiguous(memory_format=memory_format)
-        run = torch.compile(model, mode=recipe.compile_mode) if recipe.compile else model
-        step = make_step(run, x, recipe.train, list(model.parameters()), recipe.amp,
-                         getattr(model, 'num_classes', 1000) or 1000)
+        step = entry['recipe'].step_for(entry['module'])
         failure = None
         if entry['trial']:
             try:  # the official code may not support every setting (bf16 FFTs, compile, ...)
                 step()
             except Exception as e:  # noqa: BLE001  (report, don't abort the benchmark)
-                failure = _failure(e)
+                failure = f'failed: {one_line(e)}'
         steps.append(None if failure else step)
         results.append(failure)
     seconds = iter(time_steps([s for s in steps if s is not None], warmup, iters, dev))

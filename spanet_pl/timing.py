@@ -12,7 +12,7 @@ from typing import Callable, List, Literal, Optional, get_args
 
 import torch
 
-__all__ = ['Dtype', 'add_device_arguments', 'sync', 'time_steps', 'peak_memory_mb']
+__all__ = ['Dtype', 'add_device_arguments', 'sync', 'timed_call', 'time_steps', 'peak_memory_mb']
 
 Dtype = Literal['float32', 'bfloat16']
 
@@ -30,6 +30,15 @@ def sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def timed_call(step: Callable, device: torch.device) -> float:
+    """Seconds of one call of ``step``, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
     """Median seconds per call of each step, iterations alternating between the steps."""
     for step in steps:
@@ -39,11 +48,7 @@ def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.dev
     times = [[] for _ in steps]
     for _ in range(iters):
         for step, record in zip(steps, times):
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            record.append(time.perf_counter() - start)
+            record.append(timed_call(step, device))
     return [statistics.median(record) for record in times]
 
 
