@@ -65,8 +65,8 @@ SCALING_NOTE = (
     'predicted MB: linear in batch x pixels from the largest configuration of the model and mode measured before '
     '(the first from batch 1 at the smallest size). spectral %: time in the spectral filters (self time of the '
     'aten::_fft* ops plus the total time of the DFT-matrix filter, the CPU form for maps up to 64 px) over the self '
-    'time of all ops in one more call under torch.profiler (CPU time; CUDA: kernel time). a: least-squares slope of log(s/call) '
-    'against log(pixels) over the measured sizes.')
+    'time of all ops in one more call under torch.profiler (CPU time; CUDA: kernel time). a: least-squares slope of '
+    'log(s/call) against log(pixels) over the measured sizes.')
 
 
 def _check_variants(names: Optional[Sequence[str]], default: Sequence[str]) -> List[str]:
@@ -148,8 +148,9 @@ def _print_scaling(rows: List[dict], settings: dict, environment: dict) -> str:
         *environment['load_avg_1min'], environment['cpu_count']))
     cells = [[r['model'], r['mode'], str(r['batch']), str(r['size']), _fmt(r['seconds'], '.4f'),
               _fmt(r['img_s'], '.2f'), _fmt(r['ms_image'], '.1f'), _fmt(r['peak_memory_mb'], '.0f'),
-              _fmt(r['predicted_memory_mb'], '.0f'), _fmt(None if r['spectral_share'] is None else 100 * r['spectral_share'],
-                                                          '.1f'), r['note'] or ''] for r in rows]
+              _fmt(r['predicted_memory_mb'], '.0f'),
+              _fmt(None if r['spectral_share'] is None else 100 * r['spectral_share'], '.1f'), r['note'] or '']
+             for r in rows]
     print(format_table(cells, ['model', 'mode', 'batch', 'size', 's/call', 'img/s', 'ms/image', 'peak MB',
                                'predicted MB', 'spectral %', 'note'], left=(0, 1, 10)))
     fits = [[f['model'], f['mode'], str(f['batch']), ' '.join(map(str, f['sizes'])), _fmt(f['exponent'], '.2f')]
@@ -310,9 +311,10 @@ def _parser() -> argparse.ArgumentParser:
         'scaling', help='time, peak memory and spectral share against image size and batch, with the growth exponent',
         description='Seconds per call (median, models interleaved), images/s, peak memory and the spectral '
                     "filters' share of the op time (torch.profiler) per model, size, batch and mode, and per model, "
-                    'batch and mode the least-squares exponent a of time ~ pixels^a (spanet_pl.scaling). Configurations run from the '
-                    'smallest batch x pixels up; one whose peak memory, predicted linearly from the largest measured '
-                    'before, is above --max-memory-gb is skipped and noted in the table.'))
+                    'batch and mode the least-squares exponent a of time ~ pixels^a (spanet_pl.scaling). '
+                    'Configurations run from the smallest batch x pixels up; one whose peak memory, predicted '
+                    'linearly from the largest measured before, is above --max-memory-gb is skipped and noted in the '
+                    'table.'))
     return parser
 
 

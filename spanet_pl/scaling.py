@@ -1,8 +1,8 @@
 """Time and peak memory against image size and batch, for ``python -m spanet_pl.benchmark scaling``.
 
 For every model, size, batch and mode: the median seconds per call (the models of one configuration interleaved, as
-``speed`` times them), the peak memory of one call and the FFT's share of the op time in one more call under
-``torch.profiler``; for every model, batch and mode, the exponent a of a least-squares fit time ~ pixels^a.
+``speed`` times them), the peak memory of one call and the spectral filters' share of the op time in one more call
+under ``torch.profiler``; for every model, batch and mode, the exponent a of a least-squares fit time ~ pixels^a.
 
 Configurations run in order of batch x pixels. Before each one, a model's peak memory is predicted, linear in
 batch x pixels, from the largest configuration of that model and mode measured so far (the first from one call at
@@ -21,26 +21,25 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserInputError, check_choice
-from .models.dft import DFT_EVENT
+from .models.dft import DFT_EVENTS
 from .speed_benchmark import check_models, create_model, make_step
 from .timing import Dtype, add_device_arguments, peak_memory_mb, sync, time_steps
 
-__all__ = ['DEFAULT_SCALING_VARIANTS', 'CSV_COLUMNS', 'fit_exponent', 'fit_growth', 'spectral_share', 'predict_memory_mb',
-           'memory_limit_gb', 'check_scaling', 'measure_scaling', 'plot_scaling', 'add_scaling_arguments']
+__all__ = ['DEFAULT_SCALING_VARIANTS', 'CSV_COLUMNS', 'fit_exponent', 'fit_growth', 'spectral_share',
+           'predict_memory_mb', 'memory_limit_gb', 'check_scaling', 'measure_scaling', 'plot_scaling',
+           'add_scaling_arguments']
 
 DEFAULT_SCALING_VARIANTS = ('spanet_small', 'spanetv2_s18_pure')
 Mode = Literal['inference', 'train']
 FFT_OPS = 'aten::_fft'  # the FFT kernels' ops: _fft_r2c, _fft_c2r, _fft_c2c (forward and backward)
-# the spectral filter's DFT-matrix form (dft.py): its forward scope and its backward node, each timed with its children
-DFT_EVENTS = (DFT_EVENT, '_DftFilterFunctionBackward')
 MIN_SIZE = 32  # the backbones downsample 32x
 MEMORY_FRACTION = 0.8
 # CSV header -> row key: one line per model x size x batch x mode; the fitted exponent repeats on every line of its
 # model x batch x mode
 CSV_COLUMNS = {'model': 'model', 'mode': 'mode', 'batch': 'batch', 'size': 'size', 'pixels': 'pixels',
                's/call': 'seconds', 'img/s': 'img_s', 'ms/image': 'ms_image', 'peak memory MB': 'peak_memory_mb',
-               'predicted memory MB': 'predicted_memory_mb', 'spectral share': 'spectral_share', 'time exponent a': 'exponent',
-               'note': 'note'}
+               'predicted memory MB': 'predicted_memory_mb', 'spectral share': 'spectral_share',
+               'time exponent a': 'exponent', 'note': 'note'}
 
 
 def fit_exponent(pixels: Sequence[float], seconds: Sequence[float]) -> float:

@@ -31,10 +31,11 @@ from torch.autograd.function import once_differentiable
 
 from .fused import use_fused
 
-__all__ = ['DFT_EVENT', 'matmul_dft', 'matmul_dft_forced', 'dft_filter', 'dft_matrices', 'at_least_fp32', 'cos_sin']
+__all__ = ['DFT_EVENT', 'DFT_EVENTS', 'matmul_dft', 'matmul_dft_forced', 'dft_filter', 'dft_matrices', 'at_least_fp32',
+           'cos_sin']
 
 _FORCED: Optional[bool] = None
-DFT_EVENT = 'spanet::dft_filter'  # the profiler scope of the fused forward (its backward node: _DftFilterFunctionBackward)
+DFT_EVENT = 'spanet::dft_filter'  # the profiler scope of the fused forward (DFT_EVENTS adds its backward node)
 
 Matrices = Tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -146,6 +147,10 @@ class _DftFilterFunction(torch.autograd.Function):
         grad_x = _synthesis(spec_g.mul_(weight.unsqueeze(1)), rotation, inverse_w, width) if ctx.needs_input_grad[0] \
             else None
         return grad_x, grad_w
+
+
+# the profiler events of the fused form: its forward scope and its backward node (each timed with its children)
+DFT_EVENTS = (DFT_EVENT, _DftFilterFunction.__name__ + 'Backward')
 
 
 def dft_filter(x: Tensor, weight: Tensor) -> Tensor:
