@@ -23,17 +23,21 @@ def test_star_relu_gradcheck_float64():
     assert torch.autograd.gradcheck(_StarReLUFunction.apply, (x, scale, bias))
 
 
+def _output_and_grads(module: torch.nn.Module, x: torch.Tensor) -> list:
+    """[output, input gradient, each parameter's gradient (None when frozen)] after backward of cos(output)."""
+    xr = x.clone().requires_grad_()
+    out = module(xr)
+    out.backward(torch.cos(out))
+    return [out, xr.grad] + [p.grad for p in module.parameters()]
+
+
 def test_star_relu_matches_timm_values_and_gradients():
     ours, timm_act = StarReLU(), TimmStarReLU()
     timm_act.load_state_dict(ours.state_dict())
     x = torch.randn(4, 7, 6, 8)
-    grads = []
-    for act in (ours, timm_act):
-        xr = x.clone().requires_grad_()
-        out = act(xr)
-        out.backward(torch.cos(out))
-        grads.append((out, xr.grad, act.scale.grad, act.bias.grad))
-    for a, b in zip(*grads):
+    results = [_output_and_grads(act, x) for act in (ours, timm_act)]
+    assert len(results[0]) == 4  # output, input, scale and bias gradients
+    for a, b in zip(*results):
         torch.testing.assert_close(a, b)
 
 
@@ -151,12 +155,7 @@ def test_star_mlp_equals_module_by_module(frozen):
     for module in (fused, plain):
         module.requires_grad_(not frozen)
     x = torch.randn(2, 5, 6, 8)
-    results = []
-    for module in (fused, plain):
-        xr = x.clone().requires_grad_()
-        out = module(xr)
-        out.backward(torch.cos(out))
-        results.append([out, xr.grad] + [p.grad for p in module.parameters()])
+    results = [_output_and_grads(module, x) for module in (fused, plain)]
     assert (results[0][2] is None) == frozen
     for a, b in zip(*results):
         if b is None:
