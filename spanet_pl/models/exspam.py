@@ -4,7 +4,8 @@ ExSPAM runs one depthwise conv per head with growing kernels (3/5/7/9), re-scale
 context with a learnable spectral re-scaling filter (SRF, squashed by a sigmoid), mixes heads with a grouped 1x1
 expansion and uses the result to modulate a query branch. Numerical reference: DoranLyong/SPANetV2-official
 (image_classification/models/spanetv2.py and spanetv2_ver4.py); all heads share one depthwise conv call (smaller
-kernels zero-padded to the largest) and one FFT, and attention uses PyTorch's fused kernel, with the same outputs.
+kernels zero-padded to the largest) and one FFT, and attention uses PyTorch's fused kernel, with the same outputs;
+in CPU training the large depthwise kernels take their gradient as a forward convolution (depthwise.py).
 """
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
@@ -17,6 +18,7 @@ from timm.layers import to_2tuple
 from timm.models.metaformer import Attention as _TimmAttention
 
 from ..errors import UserInputError, check_choice
+from .depthwise import DepthwiseConv2d
 from .fused import use_fused
 from .spectral import resize_filter, spectral_filter
 
@@ -109,8 +111,7 @@ class ExSPAM(nn.Module):
 
         self.query = nn.Sequential(nn.Linear(dim, dim, bias=bias), act_layer())
         self.ctx = nn.Linear(dim, dim, bias=bias)
-        self.local_convs = nn.ModuleList([nn.Conv2d(head_dim, head_dim, k, padding=k // 2, groups=head_dim)
-                                          for k in kernel_sizes])
+        self.local_convs = nn.ModuleList([DepthwiseConv2d(head_dim, k) for k in kernel_sizes])
         if spectral_filter:
             self.filter = nn.Parameter(torch.randn(dim, height, width // 2 + 1) * 0.02)
             self.srf_act = nn.Sigmoid() if srf_act == 'sigmoid' else LearnableSigmoid()
@@ -273,7 +274,7 @@ class MixAttention(Attention):
     def __init__(self, dim: int, head_dim: int = 32, attn_drop: float = 0., proj_drop: float = 0.,
                  kernel_size: int = 7):
         super().__init__(dim, head_dim=head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.local_conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+        self.local_conv = DepthwiseConv2d(dim, kernel_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape

@@ -1,0 +1,78 @@
+"""DepthwiseConv2d (models/depthwise.py): the weight gradient as a forward convolution. A known answer (all-ones
+planes: each tap's gradient counts the positions it overlaps), equality with nn.Conv2d in values and every gradient
+on the strided maps ExSPAM feeds it, fp64 gradcheck, and the rule that picks the path."""
+import pytest
+import torch
+import torch.nn as nn
+
+from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, forward_weight_grad
+
+FAST = _DepthwiseConvFunction.__name__ + 'Backward'
+
+
+def _grad_fn_name(conv: nn.Module, x: torch.Tensor) -> str:
+    return type(conv(x).grad_fn).__name__
+
+
+def test_known_answer_all_ones_counts_the_overlap_of_each_tap():
+    batch, height, width, k = 2, 6, 5, 7
+    conv = DepthwiseConv2d(3, k)
+    x = torch.ones(batch, 3, height, width)
+    out = conv(x)
+    assert type(out.grad_fn).__name__ == FAST
+    out.backward(torch.ones_like(out))
+    p = k // 2
+    offsets = torch.arange(k) - p
+    overlap = (height - offsets.abs()).clamp(min=0)[:, None] * (width - offsets.abs()).clamp(min=0)[None, :]
+    torch.testing.assert_close(conv.weight.grad, (batch * overlap).float().expand(3, 1, k, k))
+    torch.testing.assert_close(conv.bias.grad, torch.full((3,), float(batch * height * width)))
+
+
+@pytest.mark.parametrize('k, size', [(5, (14, 14)), (7, (9, 12)), (9, (7, 7)), (9, (3, 4)), (7, (40, 36))])
+def test_values_and_gradients_equal_nn_conv2d_on_strided_channels_last_slices(k, size):
+    """The input is a channel slice of channels-last memory and the output gradient a slice with a channel stride
+    (ExSPAM's heads on both sides). In float64, so that the summation order's rounding stays far below the tolerance."""
+    ours, ref = DepthwiseConv2d(4, k).double(), nn.Conv2d(4, 4, k, padding=k // 2, groups=4).double()
+    ref.load_state_dict(ours.state_dict())
+    base = torch.randn(3, *size, 8, dtype=torch.float64)
+    grad = torch.randn(3, *size, 4, 2, dtype=torch.float64)[..., 0].permute(0, 3, 1, 2)
+    results = []
+    for conv in (ours, ref):
+        x = base.permute(0, 3, 1, 2)[:, 2:6].detach().requires_grad_()
+        out = conv(x)
+        out.backward(grad)
+        results.append((out, x.grad, conv.weight.grad, conv.bias.grad))
+    assert type(ours(base.permute(0, 3, 1, 2)[:, :4]).grad_fn).__name__ == FAST
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_gradcheck_float64():
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _DepthwiseConvFunction.apply(x, w, b, (2, 2)), (x, w, b))
+
+
+def test_rule_large_kernels_and_small_maps_take_the_forward_conv():
+    assert forward_weight_grad((9, 9), 56, 56) and forward_weight_grad((7, 7), 56, 56)
+    assert forward_weight_grad((5, 5), 28, 28) and not forward_weight_grad((5, 5), 56, 56)
+    assert not forward_weight_grad((3, 3), 7, 7)
+
+
+def test_plain_conv_where_the_fast_path_does_not_apply():
+    conv = DepthwiseConv2d(2, 9)
+    x = torch.randn(1, 2, 8, 8)
+    assert _grad_fn_name(conv, x) == FAST
+    assert _grad_fn_name(DepthwiseConv2d(2, 3), x) != FAST  # 3x3: PyTorch's kernel is faster
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert _grad_fn_name(conv, x) != FAST
+    conv.weight.requires_grad_(False)
+    assert _grad_fn_name(conv, x) != FAST
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+
+
+def test_even_kernel_is_refused():
+    with pytest.raises(ValueError, match='odd'):
+        DepthwiseConv2d(2, 4)
