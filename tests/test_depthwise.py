@@ -2,9 +2,12 @@
 planes: each tap's gradient counts the positions it overlaps), equality with nn.Conv2d in values and every gradient
 on the strided maps ExSPAM feeds it, fp64 gradcheck, and the rule that picks the path."""
 import pytest
+import timm
 import torch
 import torch.nn as nn
 
+import spanet_pl  # noqa: F401  (registers the variants with timm)
+from spanet_pl.models import depthwise
 from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, forward_weight_grad
 
 FAST = _DepthwiseConvFunction.__name__ + 'Backward'
@@ -76,3 +79,26 @@ def test_plain_conv_where_the_fast_path_does_not_apply():
 def test_even_kernel_is_refused():
     with pytest.raises(ValueError, match='odd'):
         DepthwiseConv2d(2, 4)
+
+
+@pytest.mark.parametrize('name, fast_convs', [('spanetv2_nano_pure', 5 * 3), ('spanetv2_nano_hybrid', 2 * 3 + 2)])
+def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch):
+    """A whole SPANetV2 (ExSPAM heads, MixAttention's 7x7; depths 1-1-2-1, so 5 ExSPAM blocks in the pure variant,
+    2 ExSPAM + 2 MixAttention in the hybrid): every parameter's gradient with the forward-conv weight gradient equals
+    PyTorch's kernel's."""
+    calls = []
+    weight_grad = depthwise._weight_grad
+    monkeypatch.setattr(depthwise, '_weight_grad', lambda *args: calls.append(1) or weight_grad(*args))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(DepthwiseConv2d, '_fast_weight_grad', lambda self, x: False)
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=4).double()
+        out = model(x)
+        out.logsumexp(1).sum().backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert len(calls) == fast_convs  # three heads of 5x5 and up per ExSPAM block, one 7x7 per MixAttention block
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-10, rtol=1e-8)
