@@ -14,7 +14,7 @@ and, separately, the FFTs of the spectral filters, which FlopCounterMode does no
 ``speed`` times inference (or, with ``--modes train``, forward + backward + SGD step; ``--latency``: batch 1) of our
 variants and of any timm model (``caformer_s18``, ``convnext_tiny``, ...), every model's iterations interleaved so that
 all see the same machine load, and reports images/s and ms/iter (medians), the peak memory of one call and the ratio
-to ``--baseline``. Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
+to ``--baseline`` with its quartiles over the rounds (each round's pair timed back to back, so drifting load cancels). Given local clones of DoranLyong/SPANet-official and/or DoranLyong/SPANetV2-official, it
 imports their model files at run time (nothing of them is copied into this repository), builds the same variant,
 loads one set of synthetic weights into both models (ours through ``load_official_checkpoint``; the harness is
 ``spanet_pl.testing``), prints the largest logit difference and times the official model beside ours.
@@ -213,21 +213,28 @@ def _print_speed(rows: List[dict], settings: dict, environment: dict):
     print('# 1-min load average before: {} (after, this run included: {}) on {} cores'.format(
         *environment['load_avg_1min'], environment['cpu_count']))
     cells = [[r['model'], str(r['size']), r['mode'], str(r['batch']), _fmt(r['img_s'], '.2f'), _fmt(r['ms_iter'], '.1f'),
-              _fmt(r['peak_memory_mb'], '.0f'), _fmt(r['ratio'], '.2f', 'x'), _fmt(r['max_abs_logit_diff'], '.2e'),
-              r['note'] or ''] for r in rows]
+              _fmt(r['peak_memory_mb'], '.0f'), _fmt(r['ratio'], '.2f', 'x'), _quartiles(r),
+              _fmt(r['max_abs_logit_diff'], '.2e'), r['note'] or ''] for r in rows]
     print(format_table(cells, ['model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak MB',
-                               f'vs {rows[0]["baseline"]}' if rows else 'ratio', 'max|dlogit|', 'note'],
-                       left=(0, 2, 9)))
+                               f'vs {rows[0]["baseline"]}' if rows else 'ratio', 'rounds q1-q3', 'max|dlogit|',
+                               'note'], left=(0, 2, 10)))
     print('\npeak MB: memory in use at the peak of one call beyond what was in use before it (CUDA: the allocator; '
-          'CPU: resident set, sampled every ms). latency: inference at batch 1.')
+          'CPU: resident set, sampled every ms). latency: inference at batch 1. rounds q1-q3: quartiles over the '
+          'rounds of the ratio of each round\'s back-to-back calls (load drifting between rounds cancels).')
     if any(r['max_abs_logit_diff'] is not None for r in rows):
         print('max|dlogit|: largest |logit difference| ours vs official; same synthetic weights, batch 2, fp32.')
 
 
-CSV_COLUMNS = ('model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak memory MB', 'ratio', 'baseline',
-               'max|dlogit|', 'note')
-_SPEED_KEYS = ('model', 'size', 'mode', 'batch', 'img_s', 'ms_iter', 'peak_memory_mb', 'ratio', 'baseline',
-               'max_abs_logit_diff', 'note')
+CSV_COLUMNS = ('model', 'size', 'mode', 'batch', 'img/s', 'ms/iter', 'peak memory MB', 'ratio', 'ratio q1',
+               'ratio q3', 'baseline', 'max|dlogit|', 'note')
+_SPEED_KEYS = ('model', 'size', 'mode', 'batch', 'img_s', 'ms_iter', 'peak_memory_mb', 'ratio', 'ratio_q1',
+               'ratio_q3', 'baseline', 'max_abs_logit_diff', 'note')
+
+
+def _quartiles(row: dict) -> str:
+    if row.get('ratio_q1') is None:
+        return '-'
+    return f'{row["ratio_q1"]:.2f}-{row["ratio_q3"]:.2f}'
 
 
 def write_csv(path: Path, rows: List[dict], columns: Optional[Dict[str, str]] = None):

@@ -9,7 +9,6 @@ state is shared), and the coordinator asks the workers for one step each in turn
 same load, none sees another's heap.
 """
 import multiprocessing
-import statistics
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -97,9 +96,9 @@ class StepWorker:
 
 
 def time_isolated(workers: Sequence[StepWorker], warmup: int, iters: int,
-                  memory: bool = False) -> List[Tuple[Optional[float], Optional[float]]]:
-    """(median seconds per step, peak MB or None) of every worker, iterations alternating between the workers;
-    (None, None) for a worker that failed to start."""
+                  memory: bool = False) -> List[Tuple[Optional[List[float]], Optional[float]]]:
+    """(seconds of every step, peak MB or None) of every worker, iterations alternating between the workers (step i
+    of every worker ran in round i); (None, None) for a worker that failed to start."""
     alive = [w for w in workers if w.ready()]
     for worker in alive:
         for _ in range(warmup):
@@ -108,5 +107,4 @@ def time_isolated(workers: Sequence[StepWorker], warmup: int, iters: int,
     for _ in range(iters):
         for worker in alive:
             times[id(worker)].append(worker.step())
-    return [(None, None) if not w.ready() else
-            (statistics.median(times[id(w)]), w.memory() if memory else None) for w in workers]
+    return [(None, None) if not w.ready() else (times[id(w)], w.memory() if memory else None) for w in workers]

@@ -2,6 +2,7 @@
 our variants, any timm model and, given a local clone, the official code, every model's iterations interleaved
 (``spanet_pl.timing``) so that all see the same machine load."""
 import gc
+import statistics
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Literal, Optional, Sequence
@@ -16,7 +17,7 @@ from .errors import check_choice, one_line
 from .models import OFFICIAL_VARIANTS, SPANET_VARIANTS, VARIANTS, create_backbone, load_official_checkpoint
 from .testing import build_official, official_weights, seeded_input
 from .isolation import StepWorker, time_isolated
-from .timing import Dtype, peak_memory_mb, time_steps
+from .timing import Dtype, interleaved_times, paired_ratio_quartiles, peak_memory_mb
 
 __all__ = ['DEFAULT_SPEED_VARIANTS', 'Dtype', 'create_model', 'make_step', 'check_models', 'measure_speed']
 
@@ -152,8 +153,9 @@ def measure_speed(
             sees another's heap. Default: on the CPU (where a shared heap skews the comparison), not on CUDA.
     Returns:
         One dict per (model, size, mode): model (our variant, ``<variant> (official)``, a timm name; ``+compile``
-        when compiled), size, mode, batch, img_s, ms_iter, peak_memory_mb, ratio, max_abs_logit_diff (ours vs
-        official, fp32, eval), note.
+        when compiled), size, mode, batch, img_s, ms_iter, peak_memory_mb, ratio (img/s over the baseline's),
+        ratio_q1 / ratio_q3 (quartiles over the rounds of each round's back-to-back ratio, ``paired_ratio_quartiles``),
+        max_abs_logit_diff (ours vs official, fp32, eval), note.
     """
     check_choice(dtype, Dtype, 'dtype')
     check_choice(compile, Compile, 'compile')
@@ -197,7 +199,7 @@ def measure_speed(
     compiled = {'off': [False], 'on': [True], 'both': [False, True]}[compile]
     isolate = dev.type == 'cpu' if isolate is None else isolate
 
-    rows = []
+    rows, round_times = [], {}
     bar = tqdm(total=len(sizes) * len(modes), desc='speed', disable=not progress, file=sys.stderr)
     for size in sizes:
         # fresh identical weights at every size (a training step changes them), then the equivalence check
@@ -229,9 +231,10 @@ def measure_speed(
                     entries.append(dict(label=label, recipe=recipe, module=spec['module'], diff=diffs.get(
                         spec['label']), note=spec['note'], trial='(official)' in label or with_compile))
             results = (_time_isolated if isolate else _time_in_process)(entries, warmup, iters, memory, dev)
-            for entry, (sec, mem, failure) in zip(entries, results):
-                rows.append(_speed_row(entry['label'], size, mode, n, sec, mem, entry['diff'],
-                                       failure or entry['note']))
+            for entry, (times, mem, failure) in zip(entries, results):
+                rows.append(_speed_row(entry['label'], size, mode, n, statistics.median(times) if times else None,
+                                       mem, entry['diff'], failure or entry['note']))
+                round_times[id(rows[-1])] = times
             bar.update()
     bar.close()
     for row in rows:
@@ -239,6 +242,9 @@ def measure_speed(
                           and r['mode'] == row['mode'] and r['img_s']), None)
         row['baseline'] = baseline
         row['ratio'] = row['img_s'] / reference['img_s'] if reference and row['img_s'] else None
+        if row['ratio'] is not None:
+            row['ratio_q1'], row['ratio_q3'] = paired_ratio_quartiles(round_times[id(reference)],
+                                                                      round_times[id(row)])
     del models, pairs
     gc.collect()
     if dev.type == 'cuda':
@@ -247,7 +253,8 @@ def measure_speed(
 
 
 def _time_in_process(entries: List[dict], warmup: int, iters: int, memory: bool, dev: torch.device) -> List[tuple]:
-    """(seconds, peak MB, failure note) per entry, every model in this process, iterations interleaved."""
+    """(seconds of every round, peak MB, failure note) per entry, every model in this process, iterations
+    interleaved."""
     steps, results = [], []
     for entry in entries:
         step = entry['recipe'].step_for(entry['module'])
@@ -259,14 +266,14 @@ def _time_in_process(entries: List[dict], warmup: int, iters: int, memory: bool,
                 failure = f'failed: {one_line(e)}'
         steps.append(None if failure else step)
         results.append(failure)
-    seconds = iter(time_steps([s for s in steps if s is not None], warmup, iters, dev))
+    seconds = iter(interleaved_times([s for s in steps if s is not None], warmup, iters, dev))
     return [(None, None, failure) if step is None else
             (next(seconds), peak_memory_mb(step, dev) if memory else None, None)
             for step, failure in zip(steps, results)]
 
 
 def _time_isolated(entries: List[dict], warmup: int, iters: int, memory: bool, dev: torch.device) -> List[tuple]:
-    """(seconds, peak MB, failure note) per entry, every model in a worker process of its own."""
+    """(seconds of every round, peak MB, failure note) per entry, every model in a worker process of its own."""
     workers = [StepWorker(entry['recipe'], str(dev)) for entry in entries]
     try:
         timed = time_isolated(workers, warmup, iters, memory)
@@ -278,5 +285,6 @@ def _time_isolated(entries: List[dict], warmup: int, iters: int, memory: bool, d
 
 def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
     return dict(model=model, size=size, mode=mode, batch=batch, img_s=batch / seconds if seconds else None,
-                ms_iter=seconds * 1e3 if seconds else None, peak_memory_mb=memory, ratio=None,
+                ms_iter=seconds * 1e3 if seconds else None, peak_memory_mb=memory, ratio=None, ratio_q1=None,
+                ratio_q3=None,
                 max_abs_logit_diff=diff, note=note)

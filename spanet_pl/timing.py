@@ -8,11 +8,12 @@ import os
 import statistics
 import threading
 import time
-from typing import Callable, List, Literal, Optional, get_args
+from typing import Callable, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 
-__all__ = ['Dtype', 'add_device_arguments', 'sync', 'timed_call', 'time_steps', 'peak_memory_mb']
+__all__ = ['Dtype', 'add_device_arguments', 'sync', 'timed_call', 'interleaved_times', 'time_steps',
+           'paired_ratio_quartiles', 'peak_memory_mb']
 
 Dtype = Literal['float32', 'bfloat16']
 
@@ -39,8 +40,9 @@ def timed_call(step: Callable, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
-    """Median seconds per call of each step, iterations alternating between the steps."""
+def interleaved_times(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[List[float]]:
+    """Seconds of every timed call of each step, iterations alternating between the steps: call i of every step ran
+    in round i, back to back with the others'."""
     for step in steps:
         for _ in range(warmup):
             step()
@@ -49,7 +51,23 @@ def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.dev
     for _ in range(iters):
         for step, record in zip(steps, times):
             record.append(timed_call(step, device))
-    return [statistics.median(record) for record in times]
+    return times
+
+
+def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
+    """Median seconds per call of each step, iterations alternating between the steps."""
+    return [statistics.median(record) for record in interleaved_times(steps, warmup, iters, device)]
+
+
+def paired_ratio_quartiles(baseline: Sequence[float], times: Sequence[float]) -> Tuple[float, float]:
+    """Lower and upper quartile over rounds of ``baseline[i] / times[i]``: the speed ratio of each round's pair of
+    back-to-back calls, so that load drifting between rounds cancels. A quartile range that straddles 1 says the
+    two are level within the machine's noise."""
+    ratios = [b / t for b, t in zip(baseline, times)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return q1, q3
 
 
 def _rss_bytes() -> int:

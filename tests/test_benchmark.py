@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from spanet_pl.benchmark import count_flops, main, measure_speed, measure_table
+from spanet_pl.timing import paired_ratio_quartiles
 
 
 @pytest.mark.slow
@@ -56,6 +57,8 @@ def test_speed_csv_with_a_timm_peer(tmp_path, capsys):
     for r in rows:
         assert float(r['img/s']) > 0 and float(r['ms/iter']) > 0 and float(r['peak memory MB']) >= 0
         assert r['baseline'] == 'test_convnext' and (r['model'] != 'test_convnext' or float(r['ratio']) == 1.0)
+        # one round: its paired ratio is the ratio of the two calls, which is also the ratio of the medians
+        assert float(r['ratio q1']) == float(r['ratio q3']) == pytest.approx(float(r['ratio']), rel=1e-3)
     assert 'vs test_convnext' in capsys.readouterr().out.replace('all models in one process', '')
 
 
@@ -79,3 +82,11 @@ def test_help(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert '--official-v1' in out and '--train' in out
+
+
+def test_paired_ratio_quartiles_known_answers():
+    # rounds whose pair ratios are 0.5, 1, 1.5, 2, 2.5: quartiles (inclusive) 1 and 2
+    assert paired_ratio_quartiles([1.0] * 5, [2.0, 1.0, 1 / 1.5, 0.5, 0.4]) == pytest.approx((1.0, 2.0))
+    # load drifting 4x between rounds, the same 2x ratio in each: no spread, unlike the two models' own times
+    assert paired_ratio_quartiles([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]) == pytest.approx((2.0, 2.0))
+    assert paired_ratio_quartiles([3.0], [2.0]) == (1.5, 1.5)

@@ -13,6 +13,7 @@ def test_isolated_speed_rows_for_ours_and_a_timm_peer():
     for r in rows:
         assert r['img_s'] > 0 and r['ms_iter'] > 0 and r['peak_memory_mb'] >= 0
     assert rows[1]['ratio'] == 1.0 and rows[0]['ratio'] == pytest.approx(rows[0]['img_s'] / rows[1]['img_s'])
+    assert rows[1]['ratio_q1'] == rows[1]['ratio_q3'] == 1.0 and 0 < rows[0]['ratio_q1'] <= rows[0]['ratio_q3']
     assert rows[0]['note'] == 'no --official-v1' and rows[1]['note'] is None
 
 
@@ -24,5 +25,5 @@ def test_a_worker_that_cannot_build_reports_one_line_and_the_others_still_run(tm
     finally:
         broken.close()
         good.close()
-    assert none_sec is None and none_mem is None and sec > 0 and mem is None
+    assert none_sec is None and none_mem is None and len(sec) == 3 and min(sec) > 0 and mem is None
     assert broken.error and '\n' not in broken.error and good.error is None
