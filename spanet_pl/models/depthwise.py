@@ -6,7 +6,8 @@ for it (oneDNN's backward-weights pass) reaches a few GMAC/s, 4-7x below the for
 with the batch folded into the channels, the same sum is a forward depthwise convolution of the input planes
 (1, B*C, H, W) with the gradient planes as (B*C, 1, H, W) kernels, padded by p so that the output is the kernel's
 (2p+1)^2 window, then a sum over the batch. On the maps of a 224 input that runs 1.5-3x faster for kernels of 5 and
-up (more the smaller the map), so ExSPAM's 5/7/9 heads and the 7x7 conv of MixAttention take it in training.
+up on maps of 28 px and less (more the smaller the map) and 1.2-1.5x for 7 and up at 56 px, copies included, so
+ExSPAM's large heads and the 7x7 conv of MixAttention take it in CPU training.
 """
 from typing import Optional, Tuple
 
