@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from timm.layers import to_2tuple
 
+from ..errors import UserInputError
 from .fused import use_fused
 
 __all__ = ['DepthwiseConv2d', 'forward_weight_grad']
@@ -75,7 +76,7 @@ class DepthwiseConv2d(nn.Conv2d):
     def __init__(self, channels: int, kernel_size, bias: bool = True):
         kernel_size = to_2tuple(kernel_size)
         if any(k % 2 == 0 for k in kernel_size):
-            raise ValueError(f'DepthwiseConv2d needs odd kernel sizes, got {kernel_size}')
+            raise UserInputError(f'depthwise kernel_size must be odd (same padding), got {list(kernel_size)}')
         super().__init__(channels, channels, kernel_size, padding=(kernel_size[0] // 2, kernel_size[1] // 2),
                          groups=channels, bias=bias)
 
