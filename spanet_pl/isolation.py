@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .errors import one_line
-from .timing import peak_memory_mb, sync, timed_call
+from .timing import interleaved_rounds, peak_memory_mb, sync, timed_call
 
 __all__ = ['StepWorker', 'time_isolated']
 
@@ -100,11 +100,5 @@ def time_isolated(workers: Sequence[StepWorker], warmup: int, iters: int,
     """(seconds of every step, peak MB or None) of every worker, iterations alternating between the workers (step i
     of every worker ran in round i); (None, None) for a worker that failed to start."""
     alive = [w for w in workers if w.ready()]
-    for worker in alive:
-        for _ in range(warmup):
-            worker.step()
-    times = {id(w): [] for w in alive}
-    for _ in range(iters):
-        for worker in alive:
-            times[id(worker)].append(worker.step())
-    return [(None, None) if not w.ready() else (times[id(w)], w.memory() if memory else None) for w in workers]
+    times = iter(interleaved_rounds([w.step for w in alive], warmup, iters))
+    return [(None, None) if not w.ready() else (next(times), w.memory() if memory else None) for w in workers]

@@ -286,5 +286,4 @@ def _time_isolated(entries: List[dict], warmup: int, iters: int, memory: bool, d
 def _speed_row(model, size, mode, batch, seconds, memory, diff, note) -> dict:
     return dict(model=model, size=size, mode=mode, batch=batch, img_s=batch / seconds if seconds else None,
                 ms_iter=seconds * 1e3 if seconds else None, peak_memory_mb=memory, ratio=None, ratio_q1=None,
-                ratio_q3=None,
-                max_abs_logit_diff=diff, note=note)
+                ratio_q3=None, max_abs_logit_diff=diff, note=note)

@@ -3,6 +3,7 @@ interleaved (every model sees the same machine load), and the peak memory of one
 resident set)."""
 import argparse
 import ctypes
+import functools
 import gc
 import os
 import statistics
@@ -12,7 +13,8 @@ from typing import Callable, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 
-__all__ = ['Dtype', 'add_device_arguments', 'sync', 'timed_call', 'interleaved_times', 'time_steps',
+__all__ = ['Dtype', 'add_device_arguments', 'sync', 'timed_call', 'interleaved_rounds', 'interleaved_times',
+           'time_steps',
            'paired_ratio_quartiles', 'peak_memory_mb']
 
 Dtype = Literal['float32', 'bfloat16']
@@ -40,18 +42,22 @@ def timed_call(step: Callable, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[List[float]]:
-    """Seconds of every timed call of each step, iterations alternating between the steps: call i of every step ran
-    in round i, back to back with the others'."""
-    for step in steps:
+def interleaved_rounds(timers: Sequence[Callable[[], float]], warmup: int, iters: int) -> List[List[float]]:
+    """What every timer returns (seconds of one call it times), ``warmup`` untimed calls each first, then ``iters``
+    rounds in which every timer runs once, back to back with the others: value i of every timer is from round i."""
+    for timer in timers:
         for _ in range(warmup):
-            step()
-    sync(device)
-    times = [[] for _ in steps]
+            timer()
+    times = [[] for _ in timers]
     for _ in range(iters):
-        for step, record in zip(steps, times):
-            record.append(timed_call(step, device))
+        for timer, record in zip(timers, times):
+            record.append(timer())
     return times
+
+
+def interleaved_times(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[List[float]]:
+    """Seconds of every timed call of each step in this process (``interleaved_rounds``)."""
+    return interleaved_rounds([functools.partial(timed_call, step, device) for step in steps], warmup, iters)
 
 
 def time_steps(steps: List[Callable], warmup: int, iters: int, device: torch.device) -> List[float]:
