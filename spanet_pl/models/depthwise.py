@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from timm.layers import to_2tuple
 
 from ..errors import UserInputError
-from .fused import use_fused
+from .eager import use_fused
 
 __all__ = ['DepthwiseConv2d', 'forward_weight_grad']
 

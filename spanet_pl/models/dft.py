@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .fused import use_fused
+from .eager import use_fused
 
 __all__ = ['DFT_EVENT', 'DFT_EVENTS', 'matmul_dft', 'matmul_dft_forced', 'dft_filter', 'dft_matrices', 'at_least_fp32',
            'cos_sin']

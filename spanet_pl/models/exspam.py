@@ -19,7 +19,8 @@ from timm.models.metaformer import Attention as _TimmAttention
 
 from ..errors import UserInputError, check_choice
 from .depthwise import DepthwiseConv2d
-from .fused import use_fused
+from .eager import use_fused
+from .pointwise import PointwiseLinear, linear, product
 from .spectral import resize_filter, spectral_filter
 
 __all__ = ['ExSPAM', 'LearnableSigmoid', 'Attention', 'MixAttention', 'TOKEN_MIXERS', 'HeadLayout', 'SrfAct',
@@ -109,8 +110,8 @@ class ExSPAM(nn.Module):
         self.kernel_sizes = kernel_sizes
         self.head_layout = head_layout
 
-        self.query = nn.Sequential(nn.Linear(dim, dim, bias=bias), act_layer())
-        self.ctx = nn.Linear(dim, dim, bias=bias)
+        self.query = nn.Sequential(PointwiseLinear(dim, dim, bias=bias), act_layer())
+        self.ctx = PointwiseLinear(dim, dim, bias=bias)
         self.local_convs = nn.ModuleList([DepthwiseConv2d(head_dim, k) for k in kernel_sizes])
         if spectral_filter:
             self.filter = nn.Parameter(torch.randn(dim, height, width // 2 + 1) * 0.02)
@@ -124,7 +125,7 @@ class ExSPAM(nn.Module):
             act_layer(),
             nn.Conv2d(dim * expand_ratio, dim, 1, bias=bias),
         )
-        self.proj_out = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_out = PointwiseLinear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self._cache: Dict = {}  # derived weights for inference only, keyed on input size and parameter versions
         self.register_load_state_dict_pre_hook(_keep_head_layout_if_absent)
@@ -212,7 +213,7 @@ class ExSPAM(nn.Module):
             return self._context_per_head(x)
         _, height, width, channels = x.shape
         dw_weight, dw_bias, ctx_weight, ctx_bias, srf = self._derived_cached(height, width)
-        ctx = F.linear(x, ctx_weight, ctx_bias).permute(0, 3, 1, 2)
+        ctx = product(x, ctx_weight, ctx_bias).permute(0, 3, 1, 2)
         ctx = F.conv2d(ctx, dw_weight, dw_bias, padding=dw_weight.shape[-1] // 2, groups=channels)
         ctx = ctx.permute(0, 2, 3, 1)
         if srf is not None:
@@ -233,9 +234,15 @@ class ContextProjection(nn.Sequential):
     channels-last whatever path the grouped conv took."""
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self[2](self[1](self[0](x)))  # expand, norm, act (indexed: TorchScript cannot unpack a module)
-        reduce = self[3]
-        return F.linear(x.permute(0, 2, 3, 1), reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
+        x = self[2](self[1](self[0](x))).permute(0, 2, 3, 1)  # expand, norm, act (indexed: TorchScript cannot
+        reduce = self[3]                                       # unpack a module)
+        if torch.jit.is_scripting():
+            return F.linear(x, reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
+        return self._reduce_eager(x, reduce.weight.flatten(1), reduce.bias)
+
+    @torch.jit.unused
+    def _reduce_eager(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return linear(x, weight, bias).permute(0, 3, 1, 2)
 
 
 def _keep_head_layout_if_absent(module: ExSPAM, state_dict, prefix: str, *args) -> None:
@@ -250,6 +257,9 @@ class Attention(_TimmAttention):
         if dim % head_dim:
             raise UserInputError(f'{type(self).__name__} needs dim ({dim}) divisible by head_dim ({head_dim})')
         super().__init__(dim, head_dim=head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
+        # the same layers, their products as oneDNN 1x1 convolutions where that is faster (pointwise.py)
+        self.qkv = PointwiseLinear(dim, self.attention_dim * 3, bias=False)
+        self.proj = PointwiseLinear(self.attention_dim, dim, bias=False)
 
     def _attend(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Attention output and values, both (B, N, C) with heads side by side."""

@@ -6,20 +6,16 @@ functions here compute the same values in fewer passes and save fewer tensors. T
 get the plain expression (``use_fused`` is False there); torch.compile traces the custom functions like any op.
 """
 import torch
-import torch.fx._symbolic_trace as _fx_trace
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from timm.layers import Mlp
 from timm.models.metaformer import StarReLU as _TimmStarReLU
 
+from .eager import use_fused
+from .pointwise import product
+
 __all__ = ['use_fused', 'StarReLU', 'StarMlp', 'scale_add']
-
-
-def use_fused() -> bool:
-    """Whether the custom autograd functions may run: not under TorchScript (scripting or tracing) or FX symbolic
-    tracing."""
-    return not torch.jit.is_scripting() and not torch.jit.is_tracing() and not _fx_trace.is_fx_symbolic_tracing()
 
 
 def _star_forward(r: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
@@ -80,17 +76,17 @@ class StarReLU(_TimmStarReLU):
 
 
 class _StarMlpFunction(torch.autograd.Function):
-    """fc2(StarReLU(fc1(x))) without biases. Owning the whole chain lets every element-wise step run in a buffer the
+    """fc2(StarReLU(fc1(x))) without biases; the products as 1x1 convolutions where ``pointwise`` says so. Owning the whole chain lets every element-wise step run in a buffer the
     function made itself: the ReLU in fc1's output, the square / scale / shift in one buffer, and backward the mask
     product and scaling in the gradient fc2 hands back; two fresh activation-sized buffers fewer than module by module.
     Saves what the modules save: x, relu(fc1(x)) and the activation."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        r = F.linear(x, fc1_weight).relu_()
+        r = product(x, fc1_weight).relu_()
         act = _star_forward(r, scale, bias)
         ctx.save_for_backward(x, fc1_weight, fc2_weight, scale, r, act)
-        return F.linear(act, fc2_weight)
+        return product(act, fc2_weight)
 
     @staticmethod
     @once_differentiable
@@ -101,11 +97,12 @@ class _StarMlpFunction(torch.autograd.Function):
         grad_w2 = grad.t().mm(act.reshape(-1, act.shape[-1])) if need_w2 else None
         if not (need_x or need_w1 or need_scale or need_bias):
             return None, None, grad_w2, None, None
-        # d loss / d act is a buffer of our own: the activation's backward runs in it
-        grad_h, grad_scale, grad_bias = _star_backward(grad.mm(fc2_weight), r.reshape(-1, r.shape[-1]), scale, True,
+        # d loss / d act is a buffer of our own (a fresh product): the activation's backward runs in it
+        grad_act = product(grad, fc2_weight.t())
+        grad_h, grad_scale, grad_bias = _star_backward(grad_act, r.reshape(-1, r.shape[-1]), scale, True,
                                                        need_x or need_w1, need_scale, need_bias)
         grad_w1 = grad_h.t().mm(x.reshape(-1, x.shape[-1])) if need_w1 else None
-        grad_x = grad_h.mm(fc1_weight).view(x.shape) if need_x else None
+        grad_x = product(grad_h, fc1_weight.t()).view(x.shape) if need_x else None
         return grad_x, grad_w1, grad_w2, grad_scale, grad_bias
 
 
