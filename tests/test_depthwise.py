@@ -1,6 +1,7 @@
-"""DepthwiseConv2d (models/depthwise.py): the weight gradient as a forward convolution. A known answer (all-ones
-planes: each tap's gradient counts the positions it overlaps), equality with nn.Conv2d in values and every gradient
-on the strided maps ExSPAM feeds it, fp64 gradcheck, and the rule that picks the path."""
+"""DepthwiseConv2d (models/depthwise.py): the weight gradient as a forward convolution, and 1 x k kernels' backward
+over the map's rows. A known answer (all-ones planes: each tap's gradient counts the positions it overlaps),
+equality with nn.Conv2d in values and every gradient on the strided maps ExSPAM feeds it and on SPANet's
+channels-last maps, fp64 gradcheck, the rules that pick the paths, and whole models."""
 import pytest
 import timm
 import torch
@@ -8,9 +9,10 @@ import torch.nn as nn
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
 from spanet_pl.models import depthwise
-from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, forward_weight_grad
+from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, _RowConvFunction, forward_weight_grad
 
 FAST = _DepthwiseConvFunction.__name__ + 'Backward'
+ROWS = _RowConvFunction.__name__ + 'Backward'
 
 
 def _grad_fn_name(conv: nn.Module, x: torch.Tensor) -> str:
@@ -93,12 +95,65 @@ def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch
     grads = []
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(DepthwiseConv2d, '_fast_weight_grad', lambda self, x: False)
+            monkeypatch.setattr(DepthwiseConv2d, '_backward_route', lambda self, x: None)
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=4).double()
         out = model(x)
         out.logsumexp(1).sum().backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
     assert len(calls) == fast_convs  # three heads of 5x5 and up per ExSPAM block, one 7x7 per MixAttention block
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize('k, size, channels_last', [(7, (14, 14), True), (3, (5, 9), True), (7, (6, 11), False),
+                                                    (9, (4, 3), True)])
+def test_row_kernel_values_and_gradients_equal_nn_conv2d(k, size, channels_last):
+    """1 x k kernels take the rows route; channels-last maps are read in place, others through a copy."""
+    ours, ref = DepthwiseConv2d(5, (1, k)).double(), nn.Conv2d(5, 5, (1, k), padding=(0, k // 2), groups=5).double()
+    ref.load_state_dict(ours.state_dict())
+    base = torch.randn(3, 5, *size, dtype=torch.float64)
+    if channels_last:
+        base = base.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 5, *size, dtype=torch.float64)
+    results = []
+    for conv in (ours, ref):
+        x = base.detach().clone().requires_grad_()
+        out = conv(x)
+        out.backward(grad)
+        results.append((out, x.grad, conv.weight.grad, conv.bias.grad))
+    assert type(ours(base).grad_fn).__name__ == ROWS
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    if channels_last:  # the input's gradient comes back in the input's memory layout
+        assert results[0][1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_row_kernel_gradcheck_and_routes():
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 1, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _RowConvFunction.apply(x, w, b, 2), (x, w, b))
+    x = torch.randn(1, 2, 8, 8)
+    assert _grad_fn_name(DepthwiseConv2d(2, (1, 7)), x) == ROWS
+    assert _grad_fn_name(DepthwiseConv2d(2, (7, 1)), x) not in (ROWS, FAST)  # column kernels: PyTorch's kernel
+    assert _grad_fn_name(DepthwiseConv2d(2, (1, 1)), x) not in (ROWS, FAST)
+
+
+def test_spanet_gradients_equal_with_and_without_the_rows_route(monkeypatch):
+    """A whole SPANet nano (one 1 x 7 context conv per block, 5 blocks): parameter gradients equal in fp64."""
+    calls = []
+    rows = depthwise._rows
+    monkeypatch.setattr(depthwise, '_rows', lambda t: calls.append(1) or rows(t))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(DepthwiseConv2d, '_backward_route', lambda self, x: None)
+        torch.manual_seed(0)
+        model = timm.create_model('spanet_nano', num_classes=4).double()
+        model(x).logsumexp(1).sum().backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert len(calls) == 2 * 5  # the gradient's and the input's rows, once per block
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-10, rtol=1e-8)

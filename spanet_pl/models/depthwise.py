@@ -8,6 +8,11 @@ with the batch folded into the channels, the same sum is a forward depthwise con
 (2p+1)^2 window, then a sum over the batch. On the maps of a 224 input that runs 1.5-3x faster for kernels of 5 and
 up on maps of 28 px and less (more the smaller the map) and 1.2-1.5x for 7 and up at 56 px, copies included, so
 ExSPAM's large heads and the 7x7 conv of MixAttention take it in CPU training.
+
+Row kernels (1 x k, SPANet's horizontal context conv) take another route: oneDNN's backward pass for a 1 x k kernel
+on channels-last maps runs 2.4-2.8x slower than for the k x 1 kernel on the same map. The same convolution is a
+k x 1 one over the map's rows, each row an image of W x 1 pixels: the (B, H, W, C) memory read as (B*H, C, W, 1)
+channels-last, without a copy. The backward pass runs there.
 """
 from typing import Optional, Tuple
 
@@ -67,11 +72,41 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def _rows(t: Tensor) -> Tensor:
+    """(B, C, H, W) -> the (B*H, C, W, 1) images of its rows (a view of channels-last memory, a copy otherwise)."""
+    b, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(b * h, w, 1, c).permute(0, 3, 1, 2)
+
+
+class _RowConvFunction(torch.autograd.Function):
+    # a (1, k) depthwise conv: forward as F.conv2d; backward as the (k, 1) conv over the rows (module docstring)
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=(0, padding), groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        b, c, h, w = x.shape
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            _rows(grad), _rows(x), weight.transpose(2, 3), None, [1, 1], [ctx.padding, 0], [1, 1], False, [0, 0], c,
+            [need_x, need_w, False])
+        if grad_x is not None:
+            grad_x = grad_x.permute(0, 2, 3, 1).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        if grad_w is not None:
+            grad_w = grad_w.transpose(2, 3)
+        return grad_x, grad_w, grad.sum((0, 2, 3)) if need_b else None, None
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """A stride-1, 'same'-padded depthwise ``nn.Conv2d`` (same parameters and state-dict keys) whose weight gradient
-    runs as a forward convolution where that is faster: eager fp32 / fp64 training on the CPU with kernels that
-    ``forward_weight_grad`` picks. Everywhere else (GPU, autocast, torch.compile, TorchScript, FX) it is
-    ``nn.Conv2d``."""
+    runs as a forward convolution where that is faster (eager fp32 / fp64 training on the CPU with kernels that
+    ``forward_weight_grad`` picks), and whose backward pass for a 1 x k kernel runs over the map's rows in that
+    training. Everywhere else (GPU, autocast, torch.compile, TorchScript, FX) it is ``nn.Conv2d``."""
 
     def __init__(self, channels: int, kernel_size, bias: bool = True):
         kernel_size = to_2tuple(kernel_size)
@@ -87,14 +122,22 @@ class DepthwiseConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        if self._fast_weight_grad(x):
+        route = self._backward_route(x)
+        if route == 'window':
             return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding)
+        if route == 'rows':
+            return _RowConvFunction.apply(x, self.weight, self.bias, self.padding[1])
         return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
-    def _fast_weight_grad(self, x: Tensor) -> bool:
+    def _backward_route(self, x: Tensor) -> Optional[str]:
+        """'window' (the weight gradient as a forward conv), 'rows' (a 1 x k kernel's backward over the rows) or
+        None (PyTorch's kernels)."""
         # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
-        return (use_fused() and not torch.compiler.is_compiling() and torch.is_grad_enabled()
+        if not (use_fused() and not torch.compiler.is_compiling() and torch.is_grad_enabled()
                 and self.weight.requires_grad and x.device.type == 'cpu' and x.dim() == 4
-                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu')
-                and forward_weight_grad(self.kernel_size, x.shape[-2], x.shape[-1]))
+                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu')):
+            return None
+        if forward_weight_grad(self.kernel_size, x.shape[-2], x.shape[-1]):
+            return 'window'
+        return 'rows' if self.kernel_size[0] == 1 < self.kernel_size[1] else None

@@ -26,6 +26,7 @@ from timm.models.metaformer import Scale
 
 from ..errors import UserInputError
 from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
+from .depthwise import DepthwiseConv2d
 from .official import to_ours
 from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spam_masks_uncached, spectral_filter
 
@@ -83,10 +84,7 @@ class SPAM(nn.Module):
         self._lambda_list, self._size_list = list(self.lambdas), list(self.group_sizes)  # TorchScript: lists
 
         self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.conv = nn.Sequential(
-            nn.Conv2d(dim, dim, (1, kernel_size), padding=(0, kernel_size // 2), groups=dim),
-            nn.Conv2d(dim, dim, (kernel_size, 1), padding=(kernel_size // 2, 0), groups=dim),
-        )
+        self.conv = nn.Sequential(DepthwiseConv2d(dim, (1, kernel_size)), DepthwiseConv2d(dim, (kernel_size, 1)))
         self.pws = nn.ModuleList([nn.Conv2d(size, dim, 1) for size in self.group_sizes])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
