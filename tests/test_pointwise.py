@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
 from spanet_pl.models import pointwise
-from spanet_pl.models.pointwise import MIN_ROWS, PointwiseLinear, _PointwiseLinearFunction, conv_rule, linear
+from spanet_pl.models.pointwise import (MIN_ROWS, PointwiseConv2d, PointwiseLinear, _PointwiseLinearFunction, conv_rule,
+                                       linear)
 
 FAST = _PointwiseLinearFunction.__name__ + 'Backward'
 
@@ -104,5 +105,50 @@ def test_whole_model_gradients_equal_with_and_without_the_path(variant):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     # stage 0 (one block): query, context, reduction, output projection and fc1, fc2 forward; their data gradients
     assert calls == [True] * 12
+    for name, ref in grads[1].items():
+        torch.testing.assert_close(grads[0][name], ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('rows', [MIN_ROWS // 2, MIN_ROWS])
+def test_pointwise_conv2d_equals_nn_conv2d(rows):
+    """Few pixels: a matrix product over the channels-last view; many: oneDNN's convolution. Values and gradients
+    equal nn.Conv2d's, and the output keeps channels-last memory."""
+    ours, ref = PointwiseConv2d(24, 40), torch.nn.Conv2d(24, 40, 1)
+    ref.load_state_dict(ours.state_dict())
+    base = torch.randn(2, 24, rows // 32, 16).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 40, rows // 32, 16)
+    results = []
+    for conv in (ours, ref):
+        x = base.detach().clone().requires_grad_()
+        out = conv(x)
+        out.backward(grad)
+        results.append((out, x.grad, conv.weight.grad, conv.bias.grad))
+    few = rows < MIN_ROWS
+    assert (type(results[0][0].grad_fn).__name__ == 'PermuteBackward0') == few
+    assert results[0][0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_spanet_gradients_equal_with_and_without_the_matrix_products():
+    """spanet_nano at 64 px, batch 2: every map has fewer than MIN_ROWS pixels, so SPAM's and the MLP's 1x1 layers
+    (4 per block, 5 blocks) run as matrix products; the parameter gradients equal oneDNN's convolutions'."""
+    torch.manual_seed(0)
+    model = timm.create_model('spanet_nano', num_classes=4).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2,))
+    grads, products = [], []
+    for m in model.modules():
+        if type(m) is PointwiseConv2d:  # a matrix product's output is the permuted view of F.linear's
+            m.register_forward_hook(lambda m, i, out: products.append(type(out.grad_fn).__name__ == 'PermuteBackward0'))
+    for on in (True, False):
+        old = pointwise.enable(on)
+        try:
+            model.zero_grad()
+            out = model(x)
+            F.cross_entropy(out, y).backward()
+        finally:
+            pointwise.enable(old)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert products == [True] * (4 * 5) + [False] * (4 * 5)
     for name, ref in grads[1].items():
         torch.testing.assert_close(grads[0][name], ref, atol=1e-5, rtol=1e-4, msg=name)

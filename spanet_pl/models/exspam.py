@@ -20,7 +20,7 @@ from timm.models.metaformer import Attention as _TimmAttention
 from ..errors import UserInputError, check_choice
 from .depthwise import DepthwiseConv2d
 from .eager import use_fused
-from .pointwise import PointwiseLinear, linear, product
+from .pointwise import PointwiseLinear, conv1x1, product
 from .spectral import resize_filter, spectral_filter
 
 __all__ = ['ExSPAM', 'LearnableSigmoid', 'Attention', 'MixAttention', 'TOKEN_MIXERS', 'HeadLayout', 'SrfAct',
@@ -234,15 +234,15 @@ class ContextProjection(nn.Sequential):
     channels-last whatever path the grouped conv took."""
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self[2](self[1](self[0](x))).permute(0, 2, 3, 1)  # expand, norm, act (indexed: TorchScript cannot
-        reduce = self[3]                                       # unpack a module)
+        x = self[2](self[1](self[0](x)))  # expand, norm, act (indexed: TorchScript cannot unpack a module)
+        reduce = self[3]
         if torch.jit.is_scripting():
-            return F.linear(x, reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
-        return self._reduce_eager(x, reduce.weight.flatten(1), reduce.bias)
+            return F.linear(x.permute(0, 2, 3, 1), reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
+        return self._reduce_eager(x, reduce.weight, reduce.bias)
 
     @torch.jit.unused
     def _reduce_eager(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        return linear(x, weight, bias).permute(0, 3, 1, 2)
+        return conv1x1(x, weight, bias)
 
 
 def _keep_head_layout_if_absent(module: ExSPAM, state_dict, prefix: str, *args) -> None:

@@ -28,6 +28,7 @@ from ..errors import UserInputError
 from ._common import BackboneBase, GlobalPool, Stage, build_variant, per_stage
 from .depthwise import DepthwiseConv2d
 from .official import to_ours
+from .pointwise import PointwiseConv2d
 from .spectral import DEFAULT_LAMBDAS, chunk_sizes, spam_masks, spam_masks_uncached, spectral_filter
 
 __all__ = ['SPAM', 'SPANet', 'SPANET_VARIANTS']
@@ -83,10 +84,10 @@ class SPAM(nn.Module):
         self.use_filter = spectral_filter
         self._lambda_list, self._size_list = list(self.lambdas), list(self.group_sizes)  # TorchScript: lists
 
-        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.proj_in = PointwiseConv2d(dim, dim)
         self.conv = nn.Sequential(DepthwiseConv2d(dim, (1, kernel_size)), DepthwiseConv2d(dim, (kernel_size, 1)))
         self.pws = nn.ModuleList([nn.Conv2d(size, dim, 1) for size in self.group_sizes])
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.proj_out = PointwiseConv2d(dim, dim)
 
     @torch.jit.unused
     def masks(self, height: int, width: int, device=None) -> Tensor:
@@ -136,7 +137,9 @@ class SPANetBlock(nn.Module):
         self.norm1 = norm_layer(dim)
         self.token_mixer = SPAM(dim, kernel_size, radius, lambdas, spectral_filter)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, use_conv=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = Mlp(dim, hidden, act_layer=act_layer, drop=proj_drop, use_conv=True)
+        self.mlp.fc1, self.mlp.fc2 = PointwiseConv2d(dim, hidden), PointwiseConv2d(hidden, dim)  # same layers, faster
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.res_scale1 = Scale(dim, res_scale_init_value) if res_scale_init_value is not None else nn.Identity()
         self.res_scale2 = Scale(dim, res_scale_init_value) if res_scale_init_value is not None else nn.Identity()
