@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from spanet_pl.benchmark import count_flops, main, measure_speed, measure_table
-from spanet_pl.timing import paired_ratio_quartiles
+from spanet_pl.timing import interleaved_rounds, paired_ratio_quartiles
 
 
 @pytest.mark.slow
@@ -90,3 +90,19 @@ def test_paired_ratio_quartiles_known_answers():
     # load drifting 4x between rounds, the same 2x ratio in each: no spread, unlike the two models' own times
     assert paired_ratio_quartiles([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]) == pytest.approx((2.0, 2.0))
     assert paired_ratio_quartiles([3.0], [2.0]) == (1.5, 1.5)
+
+
+def test_interleaved_rounds_rotate_the_order_and_pair_values_by_round():
+    """Round i starts with timer i mod n: over n rounds every timer runs in every position once, and value i of
+    every timer still comes from round i."""
+    calls = []
+
+    def timer(name):
+        def call():
+            calls.append(name)
+            return float(sum(c == name for c in calls))  # how many times this timer has run, warm-up included
+        return call
+
+    times = interleaved_rounds([timer('a'), timer('b'), timer('c')], warmup=1, iters=4)
+    assert calls == ['a', 'b', 'c'] + ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b', 'a', 'b', 'c']
+    assert times == [[2., 3., 4., 5.]] * 3
