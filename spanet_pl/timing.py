@@ -47,8 +47,7 @@ def interleaved_rounds(timers: Sequence[Callable[[], float]], warmup: int, iters
     rounds in which every timer runs once, back to back with the others: value i of every timer is from round i.
 
     Round i starts with timer i mod n and goes on in the given order, so that over n rounds every timer runs in every
-    position once. On the 2-core machine a fixed order favoured whichever worker ran first in each round: the same two
-    models read 1.07x and 0.97x of each other with their order swapped."""
+    position once and none is always the one that follows a given other."""
     for timer in timers:
         for _ in range(warmup):
             timer()
