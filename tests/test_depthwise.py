@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
+from layer_checks import forward_backward
 from spanet_pl.models import depthwise
 from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, _RowConvFunction, forward_weight_grad
 
@@ -91,6 +92,12 @@ def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch
     calls = []
     weight_grad = depthwise._weight_grad
     monkeypatch.setattr(depthwise, '_weight_grad', lambda *args: calls.append(1) or weight_grad(*args))
+    _assert_model_gradients_equal_without_the_routes(name, monkeypatch)
+    assert len(calls) == fast_convs  # three heads of 5x5 and up per ExSPAM block, one 7x7 per MixAttention block
+
+
+def _assert_model_gradients_equal_without_the_routes(name: str, monkeypatch) -> None:
+    """fp64 parameter gradients of model ``name`` (64 px, batch 2) with DepthwiseConv2d's routes, then without."""
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     grads = []
     for fast in (True, False):
@@ -98,10 +105,8 @@ def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch
             monkeypatch.setattr(DepthwiseConv2d, '_backward_route', lambda self, x: None)
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=4).double()
-        out = model(x)
-        out.logsumexp(1).sum().backward()
+        model(x).logsumexp(1).sum().backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
-    assert len(calls) == fast_convs  # three heads of 5x5 and up per ExSPAM block, one 7x7 per MixAttention block
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-10, rtol=1e-8)
 
@@ -111,17 +116,10 @@ def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch
 def test_row_kernel_values_and_gradients_equal_nn_conv2d(k, size, channels_last):
     """1 x k kernels take the rows route; channels-last maps are read in place, others through a copy."""
     ours, ref = DepthwiseConv2d(5, (1, k)).double(), nn.Conv2d(5, 5, (1, k), padding=(0, k // 2), groups=5).double()
-    ref.load_state_dict(ours.state_dict())
     base = torch.randn(3, 5, *size, dtype=torch.float64)
     if channels_last:
         base = base.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(3, 5, *size, dtype=torch.float64)
-    results = []
-    for conv in (ours, ref):
-        x = base.detach().clone().requires_grad_()
-        out = conv(x)
-        out.backward(grad)
-        results.append((out, x.grad, conv.weight.grad, conv.bias.grad))
+    results = forward_backward(ours, ref, base, torch.randn(3, 5, *size, dtype=torch.float64))
     assert type(ours(base).grad_fn).__name__ == ROWS
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
@@ -145,15 +143,5 @@ def test_spanet_gradients_equal_with_and_without_the_rows_route(monkeypatch):
     calls = []
     rows = depthwise._rows
     monkeypatch.setattr(depthwise, '_rows', lambda t: calls.append(1) or rows(t))
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    grads = []
-    for fast in (True, False):
-        if not fast:
-            monkeypatch.setattr(DepthwiseConv2d, '_backward_route', lambda self, x: None)
-        torch.manual_seed(0)
-        model = timm.create_model('spanet_nano', num_classes=4).double()
-        model(x).logsumexp(1).sum().backward()
-        grads.append({k: p.grad for k, p in model.named_parameters()})
+    _assert_model_gradients_equal_without_the_routes('spanet_nano', monkeypatch)
     assert len(calls) == 2 * 5  # the gradient's and the input's rows, once per block
-    for key in grads[0]:
-        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-10, rtol=1e-8)

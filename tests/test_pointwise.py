@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import spanet_pl  # noqa: F401  (registers the variants with timm)
+from layer_checks import forward_backward
 from spanet_pl.models import pointwise
 from spanet_pl.models.pointwise import (MIN_ROWS, PointwiseConv2d, PointwiseLinear, _PointwiseLinearFunction, conv_rule,
                                        linear)
@@ -113,16 +114,9 @@ def test_whole_model_gradients_equal_with_and_without_the_path(variant):
 def test_pointwise_conv2d_equals_nn_conv2d(rows):
     """Few pixels: a matrix product over the channels-last view; many: oneDNN's convolution. Values and gradients
     equal nn.Conv2d's, and the output keeps channels-last memory."""
-    ours, ref = PointwiseConv2d(24, 40), torch.nn.Conv2d(24, 40, 1)
-    ref.load_state_dict(ours.state_dict())
     base = torch.randn(2, 24, rows // 32, 16).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(2, 40, rows // 32, 16)
-    results = []
-    for conv in (ours, ref):
-        x = base.detach().clone().requires_grad_()
-        out = conv(x)
-        out.backward(grad)
-        results.append((out, x.grad, conv.weight.grad, conv.bias.grad))
+    results = forward_backward(PointwiseConv2d(24, 40), torch.nn.Conv2d(24, 40, 1), base,
+                               torch.randn(2, 40, rows // 32, 16))
     few = rows < MIN_ROWS
     assert (type(results[0][0].grad_fn).__name__ == 'PermuteBackward0') == few
     assert results[0][0].is_contiguous(memory_format=torch.channels_last)
