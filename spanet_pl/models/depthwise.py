@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from timm.layers import to_2tuple
 
 from ..errors import UserInputError
-from .eager import use_fused
+from .eager import EagerConv2d, use_fused
 
 __all__ = ['DepthwiseConv2d', 'forward_weight_grad']
 
@@ -102,7 +102,7 @@ class _RowConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad.sum((0, 2, 3)) if need_b else None, None
 
 
-class DepthwiseConv2d(nn.Conv2d):
+class DepthwiseConv2d(EagerConv2d):
     """A stride-1, 'same'-padded depthwise ``nn.Conv2d`` (same parameters and state-dict keys) whose weight gradient
     runs as a forward convolution where that is faster (eager fp32 / fp64 training on the CPU with kernels that
     ``forward_weight_grad`` picks), and whose backward pass for a 1 x k kernel runs over the map's rows in that
@@ -114,11 +114,6 @@ class DepthwiseConv2d(nn.Conv2d):
             raise UserInputError(f'depthwise kernel_size must be odd (same padding), got {list(kernel_size)}')
         super().__init__(channels, channels, kernel_size, padding=(kernel_size[0] // 2, kernel_size[1] // 2),
                          groups=channels, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._forward_eager(x)
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:

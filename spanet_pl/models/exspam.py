@@ -238,11 +238,7 @@ class ContextProjection(nn.Sequential):
         reduce = self[3]
         if torch.jit.is_scripting():
             return F.linear(x.permute(0, 2, 3, 1), reduce.weight.flatten(1), reduce.bias).permute(0, 3, 1, 2)
-        return self._reduce_eager(x, reduce.weight, reduce.bias)
-
-    @torch.jit.unused
-    def _reduce_eager(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        return conv1x1(x, weight, bias)
+        return conv1x1(x, reduce.weight, reduce.bias)
 
 
 def _keep_head_layout_if_absent(module: ExSPAM, state_dict, prefix: str, *args) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .eager import use_fused
+from .eager import EagerConv2d, use_fused
 
 __all__ = ['MIN_ROWS', 'PointwiseConv2d', 'PointwiseLinear', 'conv1x1', 'conv_rule', 'linear', 'product']
 
@@ -85,6 +85,7 @@ def product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return _conv_product(x, weight, bias) if conv_rule(x, weight) else F.linear(x, weight, bias)
 
 
+@torch.jit.unused  # TorchScript callers take their F.linear branch
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``, as a oneDNN 1x1 convolution where ``conv_rule`` says it is faster."""
     if not conv_rule(x, weight):
@@ -101,20 +102,17 @@ class PointwiseLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return F.linear(x, self.weight, self.bias)
-        return self._forward_eager(x)
-
-    @torch.jit.unused
-    def _forward_eager(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
 
 
+@torch.jit.unused  # TorchScript callers take their F.conv2d / F.linear branch
 def conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """A 1x1 convolution of an NCHW map (``weight`` (N, K, 1, 1) or (N, K)) as ``linear`` over its channels-last
     view: the output is channels-last NCHW (a view), and below ``MIN_ROWS`` pixels the product is a matrix product."""
     return linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
 
 
-class PointwiseConv2d(nn.Conv2d):
+class PointwiseConv2d(EagerConv2d):
     """A 1x1 ``nn.Conv2d`` (same parameters, state-dict keys and hooks) that runs as a matrix product on maps of
     fewer than ``MIN_ROWS`` pixels (batch included) and as oneDNN's convolution, forward and backward, otherwise.
     oneDNN's backward pass of a 1x1 convolution is as fast as the data-gradient convolution plus weight-gradient
@@ -123,11 +121,6 @@ class PointwiseConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._forward_eager(x)
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
