@@ -47,7 +47,7 @@ def interleaved_rounds(timers: Sequence[Callable[[], float]], warmup: int, iters
     rounds in which every timer runs once, back to back with the others: value i of every timer is from round i.
 
     Round i starts with timer i mod n and goes on in the given order, so that over n rounds every timer runs in every
-    position once and none is always the one that follows a given other."""
+    position once (the cyclic order, and so each timer's predecessor within a round, stays the same)."""
     for timer in timers:
         for _ in range(warmup):
             timer()

@@ -76,10 +76,11 @@ class StarReLU(_TimmStarReLU):
 
 
 class _StarMlpFunction(torch.autograd.Function):
-    """fc2(StarReLU(fc1(x))) without biases; the products as 1x1 convolutions where ``pointwise`` says so. Owning the whole chain lets every element-wise step run in a buffer the
-    function made itself: the ReLU in fc1's output, the square / scale / shift in one buffer, and backward the mask
-    product and scaling in the gradient fc2 hands back; two fresh activation-sized buffers fewer than module by module.
-    Saves what the modules save: x, relu(fc1(x)) and the activation."""
+    """fc2(StarReLU(fc1(x))) without biases; the products as 1x1 convolutions where ``pointwise`` says so. Owning the
+    whole chain lets every element-wise step run in a buffer the function made itself: the ReLU in fc1's output, the
+    square / scale / shift in one buffer, and backward the mask product and scaling in the gradient fc2 hands back;
+    two fresh activation-sized buffers fewer than module by module. Saves what the modules save: x, relu(fc1(x)) and
+    the activation."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
