@@ -41,12 +41,16 @@ def enable(on: bool = True) -> bool:
     return old
 
 
+def _eager_cpu(x: Tensor) -> bool:
+    """Whether this module's routes may run for ``x``: switched on, eager mode, on the CPU."""
+    # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
+    return _enabled and use_fused() and not torch.compiler.is_compiling() and x.device.type == 'cpu'
+
+
 def conv_rule(x: Tensor, weight: Tensor) -> bool:
     """Whether ``linear(x, weight)`` runs as a oneDNN 1x1 convolution: eager fp32 on the CPU with at least
     ``MIN_ROWS`` rows (the product of x's leading dimensions)."""
-    # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
-    return (_enabled and use_fused() and not torch.compiler.is_compiling() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() >= 2
+    return (_eager_cpu(x) and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() >= 2
             and x.numel() >= MIN_ROWS * x.shape[-1] > 0 and not torch.is_autocast_enabled('cpu')
             and torch.backends.mkldnn.is_available())
 
@@ -124,8 +128,6 @@ class PointwiseConv2d(EagerConv2d):
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
-        if (_enabled and use_fused() and not torch.compiler.is_compiling() and x.device.type == 'cpu'
-                and x.numel() < MIN_ROWS * x.shape[1]):
+        if _eager_cpu(x) and x.numel() < MIN_ROWS * x.shape[1]:
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return self._conv_forward(x, self.weight, self.bias)
