@@ -1,7 +1,7 @@
 """DepthwiseConv2d (models/depthwise.py): the weight gradient as a forward convolution, and 1 x k kernels' backward
-over the map's rows. A known answer (all-ones planes: each tap's gradient counts the positions it overlaps),
-equality with nn.Conv2d in values and every gradient on the strided maps ExSPAM feeds it and on SPANet's
-channels-last maps, fp64 gradcheck, the rules that pick the paths, and whole models."""
+over the map's rows; heads_conv, ExSPAM's heads in one call. A known answer (all-ones planes: each tap's gradient
+counts the positions it overlaps), equality with nn.Conv2d in values and every gradient on the strided maps ExSPAM
+feeds it and on SPANet's channels-last maps, fp64 gradcheck, the rules that pick the paths, and whole models."""
 import pytest
 import timm
 import torch
@@ -10,10 +10,13 @@ import torch.nn as nn
 import spanet_pl  # noqa: F401  (registers the variants with timm)
 from layer_checks import forward_backward
 from spanet_pl.models import depthwise
-from spanet_pl.models.depthwise import DepthwiseConv2d, _DepthwiseConvFunction, _RowConvFunction, forward_weight_grad
+from spanet_pl.models import exspam
+from spanet_pl.models.depthwise import (DepthwiseConv2d, _DepthwiseConvFunction, _HeadsConvFunction, _RowConvFunction,
+                                        forward_weight_grad, heads_conv)
 
 FAST = _DepthwiseConvFunction.__name__ + 'Backward'
 ROWS = _RowConvFunction.__name__ + 'Backward'
+HEADS = _HeadsConvFunction.__name__ + 'Backward'
 
 
 def _grad_fn_name(conv: nn.Module, x: torch.Tensor) -> str:
@@ -97,12 +100,14 @@ def test_model_gradients_equal_the_plain_conv_path(name, fast_convs, monkeypatch
 
 
 def _assert_model_gradients_equal_without_the_routes(name: str, monkeypatch) -> None:
-    """fp64 parameter gradients of model ``name`` (64 px, batch 2) with DepthwiseConv2d's routes, then without."""
+    """fp64 parameter gradients of model ``name`` (64 px, batch 2) with DepthwiseConv2d's routes and heads_conv, then
+    without (ExSPAM's heads one by one through PyTorch's kernels)."""
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     grads = []
     for fast in (True, False):
         if not fast:
             monkeypatch.setattr(DepthwiseConv2d, '_backward_route', lambda self, x: None)
+            monkeypatch.setattr(exspam, 'heads_conv_route', lambda x, weights: False)
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=4).double()
         model(x).logsumexp(1).sum().backward()
@@ -145,3 +150,71 @@ def test_spanet_gradients_equal_with_and_without_the_rows_route(monkeypatch):
     monkeypatch.setattr(depthwise, '_rows', lambda t: calls.append(1) or rows(t))
     _assert_model_gradients_equal_without_the_routes('spanet_nano', monkeypatch)
     assert len(calls) == 2 * 5  # the gradient's and the input's rows, once per block
+
+
+def _per_head(x: torch.Tensor, convs, interleave: bool) -> torch.Tensor:
+    """The reference for heads_conv: each head's channels gathered, its own nn.Conv2d, the outputs put back."""
+    heads = len(convs)
+    planes = x.unflatten(1, [-1, heads] if interleave else [heads, -1])
+    outs = [conv(planes[:, :, i] if interleave else planes[:, i]) for i, conv in enumerate(convs)]
+    return torch.stack(outs, 2 if interleave else 1).flatten(1, 2)
+
+
+@pytest.mark.parametrize('kernels, size, interleave, bias', [
+    ((3, 5, 7, 9), (14, 14), True, True), ((3, 5, 7, 9), (40, 36), True, True), ((3, 5, 7, 9), (9, 12), False, True),
+    ((7, 7, 7, 7), (6, 5), True, False), ((1, 3), (8, 8), False, True)])
+def test_heads_conv_values_and_gradients_equal_one_conv_per_head(kernels, size, interleave, bias):
+    """Interleaved and side-by-side heads, kernel sets with equal and different sizes (per-head gradients through the
+    forward-conv route and through PyTorch's kernel: 5x5 on a 40 x 36 map, 3x3), with and without bias; fp64."""
+    heads, group = len(kernels), 3
+    convs = nn.ModuleList([DepthwiseConv2d(group, k, bias=bias) for k in kernels]).double()
+    refs = nn.ModuleList([nn.Conv2d(group, group, k, padding=k // 2, groups=group, bias=bias) for k in kernels])
+    refs = refs.double()
+    refs.load_state_dict(convs.state_dict())
+    base = torch.randn(2, heads * group, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(base)
+    results = []
+    for layers, run in ((convs, lambda x: heads_conv(x, convs, interleave)), (refs, lambda x: _per_head(x, refs,
+                                                                                                      interleave))):
+        x = base.detach().clone().requires_grad_()
+        out = run(x)
+        out.backward(grad)
+        results.append([out, x.grad] + [p.grad for p in layers.parameters()])
+    assert type(heads_conv(base, convs, interleave).grad_fn).__name__ == HEADS
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_heads_conv_gradcheck_float64():
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    params = [torch.randn(2, 1, k, k, dtype=torch.float64, requires_grad=True) for k in (3, 5)]
+    params += [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    for interleave in (True, False):
+        assert torch.autograd.gradcheck(lambda x, *p: _HeadsConvFunction.apply(x, interleave, *p), (x, *params))
+
+
+def test_exspam_trains_through_heads_conv_only_in_eager_cpu_fp32():
+    mixer = exspam.ExSPAM(16, filter_size=6)
+    x = torch.randn(2, 6, 6, 16)
+    names = []
+    for mode in ('train', 'autocast', 'frozen'):
+        for p in mixer.parameters():
+            p.requires_grad_(mode != 'frozen')
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=mode == 'autocast'):
+            ctx = mixer._context(x.requires_grad_(mode == 'frozen'))
+        names.append(_grad_fns(ctx))
+    assert HEADS in names[0] and HEADS not in names[1] and HEADS not in names[2]
+    with torch.no_grad():  # inference: the cached derived weights, one plain conv
+        assert mixer._context(x).grad_fn is None
+
+
+def _grad_fns(t: torch.Tensor) -> set:
+    """The names of the nodes of t's autograd graph."""
+    seen, todo = {}, [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = type(node).__name__
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return set(seen.values())

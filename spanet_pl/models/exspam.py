@@ -5,7 +5,8 @@ context with a learnable spectral re-scaling filter (SRF, squashed by a sigmoid)
 expansion and uses the result to modulate a query branch. Numerical reference: DoranLyong/SPANetV2-official
 (image_classification/models/spanetv2.py and spanetv2_ver4.py); all heads share one depthwise conv call (smaller
 kernels zero-padded to the largest) and one FFT, and attention uses PyTorch's fused kernel, with the same outputs;
-in CPU training the large depthwise kernels take their gradient as a forward convolution (depthwise.py).
+in CPU training the heads' kernels take their gradients at their own sizes, the large ones as forward convolutions
+(depthwise.py).
 """
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
@@ -18,9 +19,9 @@ from timm.layers import to_2tuple
 from timm.models.metaformer import Attention as _TimmAttention
 
 from ..errors import UserInputError, check_choice
-from .depthwise import DepthwiseConv2d
+from .depthwise import DepthwiseConv2d, heads_conv, heads_conv_route
 from .eager import use_fused
-from .pointwise import PointwiseLinear, conv1x1, product
+from .pointwise import PointwiseLinear, conv1x1, linear, product
 from .spectral import resize_filter, spectral_filter
 
 __all__ = ['ExSPAM', 'LearnableSigmoid', 'Attention', 'MixAttention', 'TOKEN_MIXERS', 'HeadLayout', 'SrfAct',
@@ -193,9 +194,10 @@ class ExSPAM(nn.Module):
         return self._context_eager(x)
 
     def _context_per_head(self, x: Tensor) -> Tensor:
-        # one conv per head at its own kernel size: the depthwise weight gradient costs ~k^2 per channel, so
-        # zero-padding 3/5/7 to 9 would double it. The heads' outputs are stacked straight into channels-last memory
-        # in the order of head_layout (one copy), which the spectral filter and the projection read as they are.
+        # one conv per head at its own kernel size (TorchScript, FX, GPU, autocast, frozen kernels): with autograd's
+        # kernels the depthwise weight gradient costs ~k^2 per channel, so zero-padding 3/5/7 to 9 would double it.
+        # The heads' outputs are stacked straight into channels-last memory in the order of head_layout (one copy),
+        # which the spectral filter and the projection read as they are.
         ctx = self.ctx(x).permute(0, 3, 1, 2)
         parts = ctx.chunk(self.num_heads, 1)
         heads: List[Tensor] = []
@@ -209,8 +211,12 @@ class ExSPAM(nn.Module):
 
     @torch.jit.unused
     def _context_eager(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not use_fused():  # training; FX tracing (no cache of traced values)
+        if not use_fused():  # FX tracing (no cache of traced values)
             return self._context_per_head(x)
+        if torch.is_grad_enabled():
+            if not heads_conv_route(x, [conv.weight for conv in self.local_convs]):
+                return self._context_per_head(x)
+            return self._context_training(x)
         _, height, width, channels = x.shape
         dw_weight, dw_bias, ctx_weight, ctx_bias, srf = self._derived_cached(height, width)
         ctx = product(x, ctx_weight, ctx_bias).permute(0, 3, 1, 2)
@@ -219,6 +225,16 @@ class ExSPAM(nn.Module):
         if srf is not None:
             ctx = spectral_filter(ctx, srf, channels_last=True)
         return ctx
+
+    @torch.jit.unused
+    def _context_training(self, x: Tensor) -> Tensor:
+        # the context computed in the channel order of head_layout (the projection's weight rows permuted), so the
+        # heads' convolutions run as one call on it (heads_conv) and nothing is copied into that order afterwards
+        ctx_bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
+        ctx = linear(x, self._to_layout(self.ctx.weight), ctx_bias).permute(0, 3, 1, 2)
+        ctx = heads_conv(ctx, self.local_convs, self.head_layout == 'interleave').permute(0, 2, 3, 1)
+        srf = self._srf_like(x)
+        return ctx if srf is None else spectral_filter(ctx, srf.permute(1, 2, 0), channels_last=True)
 
     def forward(self, x: Tensor) -> Tensor:
         # channels-last throughout: the convs see NCHW views of channels-last memory, so no element-wise op mixes
