@@ -228,8 +228,8 @@ class ExSPAM(nn.Module):
 
     @torch.jit.unused
     def _context_training(self, x: Tensor) -> Tensor:
-        # the context computed in the channel order of head_layout (the projection's weight rows permuted), so the
-        # heads' convolutions run as one call on it (heads_conv) and nothing is copied into that order afterwards
+        # the context computed in the channel order of head_layout (the context layer's weight rows permuted), so
+        # the heads' convolutions run as one call on it (heads_conv) and nothing is copied into that order afterwards
         ctx_bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
         ctx = linear(x, self._to_layout(self.ctx.weight), ctx_bias).permute(0, 3, 1, 2)
         ctx = heads_conv(ctx, self.local_convs, self.head_layout == 'interleave').permute(0, 2, 3, 1)
