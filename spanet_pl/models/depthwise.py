@@ -33,7 +33,7 @@ from timm.layers import to_2tuple
 from ..errors import UserInputError
 from .eager import EagerConv2d, use_fused
 
-__all__ = ['DepthwiseConv2d', 'forward_weight_grad', 'heads_conv', 'heads_conv_route']
+__all__ = ['DepthwiseConv2d', 'cpu_training', 'forward_weight_grad', 'heads_conv', 'padded_heads']
 
 
 def forward_weight_grad(kernel_size: Tuple[int, int], height: int, width: int) -> bool:
@@ -41,6 +41,16 @@ def forward_weight_grad(kernel_size: Tuple[int, int], height: int, width: int) -
     CPU (measured: from 5x5 up on maps of at most 32x32, from 7x7 up on larger ones; 3x3 never)."""
     area = kernel_size[0] * kernel_size[1]
     return area >= 49 or (area >= 25 and height * width <= 32 * 32)
+
+
+def cpu_training(x: Tensor, weights) -> bool:
+    """Whether this module's CPU training routes may run for input ``x``: eager mode (not compiling, tracing or
+    scripting), gradients on, a trainable weight among ``weights``, fp32 / fp64 on the CPU without autocast (their
+    gains were measured there; elsewhere PyTorch's kernels run)."""
+    # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
+    return (use_fused() and not torch.compiler.is_compiling() and torch.is_grad_enabled()
+            and any(w.requires_grad for w in weights) and x.device.type == 'cpu'
+            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu'))
 
 
 def _weight_grad(x: Tensor, grad: Tensor, padding: Tuple[int, int]) -> Tensor:
@@ -134,10 +144,7 @@ class DepthwiseConv2d(EagerConv2d):
     def _backward_route(self, x: Tensor) -> Optional[str]:
         """'window' (the weight gradient as a forward conv), 'rows' (a 1 x k kernel's backward over the rows) or
         None (PyTorch's kernels)."""
-        # use_fused() first: under FX tracing x is a proxy, whose attributes cannot steer control flow
-        if not (use_fused() and not torch.compiler.is_compiling() and torch.is_grad_enabled()
-                and self.weight.requires_grad and x.device.type == 'cpu' and x.dim() == 4
-                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu')):
+        if not (cpu_training(x, [self.weight]) and x.dim() == 4):
             return None
         if forward_weight_grad(self.kernel_size, x.shape[-2], x.shape[-1]):
             return 'window'
@@ -158,19 +165,25 @@ def _channels(per_head: Tensor, interleave: bool) -> Tensor:
     return (per_head.transpose(0, 1) if interleave else per_head).flatten(0, 1)
 
 
+def padded_heads(weights, biases, interleave: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The per-head depthwise kernels (G, 1, k_i, k_i) zero-padded to the largest and their biases (G,) (or None),
+    in the channel order of the map (``_channels``): the weight and bias of one depthwise conv over all heads."""
+    k_max = max(w.shape[-1] for w in weights)
+    padded = _channels(torch.stack([F.pad(w, [(k_max - w.shape[-1]) // 2] * 4) for w in weights]), interleave)
+    return padded, None if biases[0] is None else _channels(torch.stack(list(biases)), interleave)
+
+
 class _HeadsConvFunction(torch.autograd.Function):
     # forward: one depthwise conv over all heads (kernels zero-padded to the largest); backward: the input's
     # gradient likewise in one call, each head's kernel gradient at its own size from head-major copies
     @staticmethod
     def forward(ctx, x: Tensor, interleave: bool, *params: Optional[Tensor]) -> Tensor:
         heads = len(params) // 2
-        weights, biases = params[:heads], params[heads:]
-        k_max = max(w.shape[-1] for w in weights)
-        padded = _channels(torch.stack([F.pad(w, [(k_max - w.shape[-1]) // 2] * 4) for w in weights]), interleave)
-        bias = None if biases[0] is None else _channels(torch.stack(biases), interleave)
+        weights = params[:heads]
+        padded, bias = padded_heads(weights, params[heads:], interleave)
         ctx.save_for_backward(x, padded, *weights)
         ctx.interleave, ctx.with_bias = interleave, bias is not None
-        return F.conv2d(x, padded, bias, padding=k_max // 2, groups=x.shape[1])
+        return F.conv2d(x, padded, bias, padding=padded.shape[-1] // 2, groups=x.shape[1])
 
     @staticmethod
     @once_differentiable
@@ -201,12 +214,6 @@ class _HeadsConvFunction(torch.autograd.Function):
         return (grad_x, None, *grad_ws, *grad_bs)
 
 
-def heads_conv_route(x: Tensor, weights) -> bool:
-    """Whether ``heads_conv`` runs as one convolution with per-head kernel gradients: eager fp32 / fp64 CPU training
-    (the route's measured gain is on the CPU; elsewhere each head runs its own convolution)."""
-    return (use_fused() and not torch.compiler.is_compiling() and torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu')
-            and any(w.requires_grad for w in weights))
 
 
 def heads_conv(x: Tensor, convs, interleave: bool) -> Tensor:

@@ -19,7 +19,7 @@ from timm.layers import to_2tuple
 from timm.models.metaformer import Attention as _TimmAttention
 
 from ..errors import UserInputError, check_choice
-from .depthwise import DepthwiseConv2d, heads_conv, heads_conv_route
+from .depthwise import DepthwiseConv2d, cpu_training, heads_conv, padded_heads
 from .eager import use_fused
 from .pointwise import PointwiseLinear, conv1x1, linear, product
 from .spectral import resize_filter, spectral_filter
@@ -169,13 +169,14 @@ class ExSPAM(nn.Module):
         """Weights of the inference path, in the channel order of ``head_layout``: every head's depthwise kernel
         zero-padded to the largest one so all heads run as a single conv (fewest passes when nothing is saved for
         backward), the context projection, and the SRF as (H, W//2+1, C)."""
-        k_max = max(self.kernel_sizes)
-        dw_weight = torch.cat([F.pad(conv.weight, [(k_max - conv.kernel_size[0]) // 2] * 4)
-                               for conv in self.local_convs])
-        dw_bias = torch.cat([conv.bias for conv in self.local_convs])
-        ctx_bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
-        return (self._to_layout(dw_weight), self._to_layout(dw_bias), self._to_layout(self.ctx.weight), ctx_bias,
-                self._srf_channels_last(height, width))
+        dw_weight, dw_bias = padded_heads([conv.weight for conv in self.local_convs],
+                                          [conv.bias for conv in self.local_convs], self.head_layout == 'interleave')
+        return (dw_weight, dw_bias, *self._ctx_in_layout(), self._srf_channels_last(height, width))
+
+    def _ctx_in_layout(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """The context layer's weight and bias with their output channels in the channel order of ``head_layout``."""
+        bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
+        return self._to_layout(self.ctx.weight), bias
 
     @torch.jit.unused
     def _derived_cached(self, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor],
@@ -214,9 +215,9 @@ class ExSPAM(nn.Module):
         if not use_fused():  # FX tracing (no cache of traced values)
             return self._context_per_head(x)
         if torch.is_grad_enabled():
-            if not heads_conv_route(x, [conv.weight for conv in self.local_convs]):
-                return self._context_per_head(x)
-            return self._context_training(x)
+            if cpu_training(x, [conv.weight for conv in self.local_convs]):
+                return self._context_training(x)
+            return self._context_per_head(x)
         _, height, width, channels = x.shape
         dw_weight, dw_bias, ctx_weight, ctx_bias, srf = self._derived_cached(height, width)
         ctx = product(x, ctx_weight, ctx_bias).permute(0, 3, 1, 2)
@@ -230,8 +231,7 @@ class ExSPAM(nn.Module):
     def _context_training(self, x: Tensor) -> Tensor:
         # the context computed in the channel order of head_layout (the context layer's weight rows permuted), so
         # the heads' convolutions run as one call on it (heads_conv) and nothing is copied into that order afterwards
-        ctx_bias = self._to_layout(self.ctx.bias) if self.ctx.bias is not None else None
-        ctx = linear(x, self._to_layout(self.ctx.weight), ctx_bias).permute(0, 3, 1, 2)
+        ctx = linear(x, *self._ctx_in_layout()).permute(0, 3, 1, 2)
         ctx = heads_conv(ctx, self.local_convs, self.head_layout == 'interleave').permute(0, 2, 3, 1)
         srf = self._srf_like(x)
         return ctx if srf is None else spectral_filter(ctx, srf.permute(1, 2, 0), channels_last=True)
